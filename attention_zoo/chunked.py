@@ -1,0 +1,255 @@
+"""Chunked (memory-efficient) attention: softmax attention computed block by block.
+
+The forward pass walks query blocks (a scan) and, for each, only the key blocks that
+causality, the window and the padding lengths leave reachable (a loop with dynamic
+bounds), keeping a running max, sum and accumulator (the online softmax of Rabe &
+Staats 2021 and FlashAttention). It saves only the output and the per-row
+log-sum-exp, so the backward pass (a `jax.custom_vjp`, FlashAttention-2 style)
+recomputes each block's probabilities: forward and backward memory are O(T + S),
+never O(T·S), apart from a full-size bias's own gradient.
+
+Kernel layout: queries [nq, B, K, G, bq, H], keys and values [nk, B, K, bk, H].
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from attention_zoo import masking, validation
+
+NAME = "chunked"
+# 512 x 512 blocks keep one block of float32 logits per head (1 MiB) near the CPU's
+# L2 cache; see the README's benchmark for the measurement behind the choice.
+DEFAULT_QUERY_CHUNK_SIZE = 512
+DEFAULT_KEY_CHUNK_SIZE = 512
+
+
+def chunked_attention(query, key, value, bias=None, mask=None, *, scale=None, is_causal=False,
+                      query_seq_lengths=None, key_value_seq_lengths=None,
+                      local_window_size=None, query_chunk_size=DEFAULT_QUERY_CHUNK_SIZE,
+                      key_chunk_size=DEFAULT_KEY_CHUNK_SIZE):
+  """Equal to `softmax` (to float32 rounding) on every argument, in O(T + S) memory.
+
+  Blocks that causality or the window rule out entirely are skipped, not computed
+  and masked. Lengths need not be multiples of the chunk sizes. A query row that can
+  attend no key returns zeros. Supports reverse-mode differentiation (not forward mode).
+  """
+  validation.check_positive(NAME, query_chunk_size=query_chunk_size,
+                            key_chunk_size=key_chunk_size)
+  return blocked_attention(NAME, query, key, value, bias, mask, scale=scale,
+                           is_causal=is_causal, query_seq_lengths=query_seq_lengths,
+                           key_value_seq_lengths=key_value_seq_lengths,
+                           local_window_size=local_window_size,
+                           query_chunk_size=query_chunk_size, key_chunk_size=key_chunk_size)
+
+
+def blocked_attention(variant, query, key, value, bias, mask, *, scale, is_causal,
+                      query_seq_lengths, key_value_seq_lengths, local_window_size,
+                      query_chunk_size, key_chunk_size):
+  """Checks the arguments, pads to whole blocks and runs the block kernel."""
+  dims = validation.check_inputs(variant, query, key, value, bias, mask,
+                                 query_seq_lengths=query_seq_lengths,
+                                 key_value_seq_lengths=key_value_seq_lengths)
+  window = validation.normalize_window(variant, local_window_size)
+  scale = validation.check_scale(variant, scale)
+  B, T, S, K, G, H = dims.B, dims.T, dims.S, dims.K, dims.G, dims.H
+  plan = _Plan(T=T, S=S, bq=min(query_chunk_size, T), bk=min(key_chunk_size, S),
+               scale=1.0 / np.sqrt(H) if scale is None else scale, is_causal=bool(is_causal),
+               window=window)
+  Tp, Sp = plan.nq * plan.bq, plan.nk * plan.bk
+
+  q = _pad_axis(query, 1, Tp).reshape(B, plan.nq, plan.bq, K, G, H).transpose(1, 0, 3, 4, 2, 5)
+  k, v = (_pad_axis(x, 1, Sp).reshape(B, plan.nk, plan.bk, K, H).transpose(1, 0, 3, 2, 4)
+          for x in (key, value))
+  bias, mask = (_pad_axis(_pad_axis(masking.split_heads(x, K), 3, Tp), 4, Sp)
+                for x in (bias, mask))
+  kv_len = key_value_seq_lengths
+  if kv_len is None and Sp > S:
+    kv_len = jnp.full((B,), S, jnp.int32)  # the padded keys are not attended
+  out = _attention(plan, q, k, v, bias, mask, query_seq_lengths, kv_len)
+  out = out.transpose(1, 0, 4, 2, 3, 5).reshape(B, Tp, K * G, H)
+  return out[:, :T]
+
+
+def _pad_axis(x, axis, size):
+  if x is None or x.shape[axis] in (1, size):
+    return x
+  pad = [(0, 0)] * x.ndim
+  pad[axis] = (0, size - x.shape[axis])
+  return jnp.pad(x, pad)
+
+
+@dataclasses.dataclass(frozen=True)
+class _Plan:
+  """Static description of the blocking; hashable, so it is a compile-time constant."""
+  T: int
+  S: int
+  bq: int
+  bk: int
+  scale: float
+  is_causal: bool
+  window: tuple[int, int] | None
+
+  @property
+  def nq(self) -> int:
+    return -(-self.T // self.bq)
+
+  @property
+  def nk(self) -> int:
+    return -(-self.S // self.bk)
+
+  def key_blocks(self, qb, q_max, kv_max):
+    """[lo, hi): the key blocks that some query of block qb may attend."""
+    i_first = qb * self.bq
+    i_last = jnp.minimum(i_first + self.bq, q_max) - 1
+    j_lo, j_hi = 0, kv_max
+    if self.window is not None:
+      j_lo = jnp.maximum(i_first - self.window[0], 0)
+      j_hi = jnp.minimum(j_hi, i_last + self.window[1] + 1)
+    if self.is_causal:
+      j_hi = jnp.minimum(j_hi, i_last + 1)
+    return _block_range(j_lo, j_hi, self.bk, empty=i_first > i_last)
+
+  def query_blocks(self, kb, q_max, kv_max):
+    """[lo, hi): the query blocks some query of which may attend key block kb."""
+    j_first = kb * self.bk
+    j_last = jnp.minimum(j_first + self.bk, kv_max) - 1
+    i_lo, i_hi = 0, q_max
+    if self.is_causal:
+      i_lo = j_first
+    if self.window is not None:
+      i_lo = jnp.maximum(i_lo, j_first - self.window[1])
+      i_hi = jnp.minimum(i_hi, j_last + self.window[0] + 1)
+    return _block_range(i_lo, i_hi, self.bq, empty=j_first > j_last)
+
+  def block_logits(self, q_blk, k_blk, bias, mask, qb, kb, q_len, kv_len):
+    """Scaled (and biased) float32 logits of one block and the allowed pairs (or None)."""
+    s = jnp.einsum("bkgqh,bksh->bkgqs", q_blk, k_blk,
+                   preferred_element_type=jnp.float32) * self.scale
+    if bias is not None:
+      s = s + self._block(bias, qb, kb).astype(jnp.float32)
+    ok = masking.allowed(qb * self.bq + jnp.arange(self.bq), kb * self.bk + jnp.arange(self.bk),
+                         mask=self._block(mask, qb, kb), is_causal=self.is_causal,
+                         window=self.window, q_len=q_len, kv_len=kv_len)
+    return s, ok
+
+  def _block(self, x, qb, kb):
+    if x is None:
+      return None
+    if x.shape[3] > 1:
+      x = jax.lax.dynamic_slice_in_dim(x, qb * self.bq, self.bq, axis=3)
+    if x.shape[4] > 1:
+      x = jax.lax.dynamic_slice_in_dim(x, kb * self.bk, self.bk, axis=4)
+    return x
+
+  def limits(self, q_len, kv_len):
+    """Rows past max(q_len) and keys past max(kv_len) are never visited."""
+    q_max = self.T if q_len is None else jnp.clip(jnp.max(q_len), 0, self.T)
+    kv_max = self.S if kv_len is None else jnp.clip(jnp.max(kv_len), 0, self.S)
+    return q_max, kv_max
+
+
+def _block_range(lo, hi, size, empty):
+  lo = jnp.asarray(lo, jnp.int32) // size
+  hi = (jnp.asarray(hi, jnp.int32) + size - 1) // size
+  return lo, jnp.where(empty, lo, jnp.maximum(hi, lo))
+
+
+def _forward(plan, q, k, v, bias, mask, q_len, kv_len):
+  q_max, kv_max = plan.limits(q_len, kv_len)
+  rows = q.shape[1:-1]  # B, K, G, bq
+
+  def query_block(_, xs):
+    qb, q_blk = xs
+
+    def step(kb, carry):
+      row_max, row_sum, acc = carry
+      s, ok = plan.block_logits(q_blk, k[kb], bias, mask, qb, kb, q_len, kv_len)
+      if ok is not None:
+        s = jnp.where(ok, s, -jnp.inf)
+      new_max = jnp.maximum(row_max, s.max(axis=-1))
+      shift = jnp.where(new_max == -jnp.inf, 0.0, new_max)  # rows with nothing allowed yet
+      p = jnp.exp(s - shift[..., None])
+      correction = jnp.exp(row_max - shift)
+      acc = acc * correction[..., None] + jnp.einsum(
+          "bkgqs,bksh->bkgqh", p.astype(v.dtype), v[kb], preferred_element_type=jnp.float32)
+      return new_max, row_sum * correction + p.sum(axis=-1), acc
+
+    init = (jnp.full(rows, -jnp.inf, jnp.float32), jnp.zeros(rows, jnp.float32),
+            jnp.zeros(q_blk.shape, jnp.float32))
+    row_max, row_sum, acc = jax.lax.fori_loop(*plan.key_blocks(qb, q_max, kv_max), step, init)
+    out = acc / jnp.where(row_sum > 0, row_sum, 1.0)[..., None]
+    lse = jnp.where(row_sum > 0, row_max + jnp.log(row_sum), jnp.inf)
+    return None, (out.astype(q.dtype), lse)
+
+  _, (out, lse) = jax.lax.scan(query_block, None, (jnp.arange(plan.nq), q))
+  return out, lse
+
+
+def _backward(plan, residuals, dout):
+  q, k, v, bias, mask, q_len, kv_len, out, lse = residuals
+  q_max, kv_max = plan.limits(q_len, kv_len)
+  delta = jnp.sum(dout.astype(jnp.float32) * out.astype(jnp.float32), axis=-1)
+
+  def key_block(carry, xs):
+    kb, k_blk, v_blk = xs
+
+    def step(qb, carry):
+      dk, dv, dq, dbias = carry
+      q_blk, do = q[qb], dout[qb]
+      s, ok = plan.block_logits(q_blk, k_blk, bias, mask, qb, kb, q_len, kv_len)
+      p = jnp.exp(s - lse[qb][..., None])
+      if ok is not None:
+        p = jnp.where(ok, p, 0.0)
+      dv += jnp.einsum("bkgqs,bkgqh->bksh", p.astype(do.dtype), do,
+                       preferred_element_type=jnp.float32)
+      dp = jnp.einsum("bkgqh,bksh->bkgqs", do, v_blk, preferred_element_type=jnp.float32)
+      ds = p * (dp - delta[qb][..., None])
+      dk += jnp.einsum("bkgqs,bkgqh->bksh", ds.astype(q.dtype), q_blk,
+                       preferred_element_type=jnp.float32)
+      dq = dq.at[qb].add(jnp.einsum("bkgqs,bksh->bkgqh", ds.astype(k.dtype), k_blk,
+                                    preferred_element_type=jnp.float32))
+      if dbias is not None:
+        dbias = _add_bias_block(plan, dbias, ds, qb, kb)
+      return dk, dv, dq, dbias
+
+    dq, dbias = carry
+    zeros = jnp.zeros(k_blk.shape, jnp.float32)
+    dk, dv, dq, dbias = jax.lax.fori_loop(*plan.query_blocks(kb, q_max, kv_max), step,
+                                          (zeros, zeros, dq, dbias))
+    return (dq, dbias), (dk * plan.scale, dv)
+
+  init = (jnp.zeros(q.shape, jnp.float32),
+          None if bias is None else jnp.zeros(bias.shape, jnp.float32))
+  (dq, dbias), (dk, dv) = jax.lax.scan(key_block, init, (jnp.arange(plan.nk), k, v))
+  dbias = None if bias is None else dbias.astype(bias.dtype)
+  return ((dq * plan.scale).astype(q.dtype), dk.astype(k.dtype), dv.astype(v.dtype), dbias,
+          None, None, None)
+
+
+def _add_bias_block(plan, dbias, ds, qb, kb):
+  """Adds one block's logit gradient into a (possibly broadcast) bias gradient."""
+  broadcast = tuple(a for a in range(5) if dbias.shape[a] == 1 and ds.shape[a] != 1)
+  ds = ds.sum(axis=broadcast, keepdims=True)
+  start = (0, 0, 0, qb * plan.bq if dbias.shape[3] > 1 else 0,
+           kb * plan.bk if dbias.shape[4] > 1 else 0)
+  return jax.lax.dynamic_update_slice(dbias, jax.lax.dynamic_slice(dbias, start, ds.shape) + ds,
+                                      start)
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(0,))
+def _attention(plan, q, k, v, bias, mask, q_len, kv_len):
+  return _forward(plan, q, k, v, bias, mask, q_len, kv_len)[0]
+
+
+def _attention_fwd(plan, q, k, v, bias, mask, q_len, kv_len):
+  out, lse = _forward(plan, q, k, v, bias, mask, q_len, kv_len)
+  return out, (q, k, v, bias, mask, q_len, kv_len, out, lse)
+
+
+_attention.defvjp(_attention_fwd, _backward)

@@ -1,0 +1,32 @@
+"""Local (sliding-window) attention: softmax restricted to the band i - left <= j <= i + right.
+
+What it computes is `softmax` with `local_window_size`; how is the blocked kernel of
+`chunked` with blocks sized to the window, so only the key blocks that overlap the
+band are visited: time O(T·(w + block)), memory O(T + S), forward and backward.
+"""
+
+from __future__ import annotations
+
+from attention_zoo import chunked, validation
+
+NAME = "local"
+DEFAULT_BLOCK_SIZE = 128
+
+
+def local_attention(query, key, value, bias=None, mask=None, *, scale=None, is_causal=False,
+                    query_seq_lengths=None, key_value_seq_lengths=None, local_window_size=None,
+                    block_size=DEFAULT_BLOCK_SIZE):
+  """Softmax attention within `local_window_size` (required: bound at lookup or passed).
+
+  Causal or bidirectional, symmetric (an int) or asymmetric `(left, right)` windows;
+  mask and bias are read only inside the band. Rows that can attend no key return zeros.
+  """
+  if local_window_size is None:
+    raise ValueError(f"{NAME}: local_window_size is required, e.g. "
+                     f"attention_zoo.get('local', local_window_size=(128, 0))")
+  validation.check_positive(NAME, block_size=block_size)
+  return chunked.blocked_attention(NAME, query, key, value, bias, mask, scale=scale,
+                                   is_causal=is_causal, query_seq_lengths=query_seq_lengths,
+                                   key_value_seq_lengths=key_value_seq_lengths,
+                                   local_window_size=local_window_size,
+                                   query_chunk_size=block_size, key_chunk_size=block_size)
