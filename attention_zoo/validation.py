@@ -72,7 +72,8 @@ def check_inputs(variant: str, query, key, value, bias=None, mask=None, *,
       raise ValueError(f"{variant}: {name} must have rank 4 [B, T|S, N|K, H], "
                        f"got shape {_shape(x)}")
     if jnp.dtype(x.dtype) not in [jnp.dtype(d) for d in FLOAT_DTYPES]:
-      raise ValueError(f"{variant}: {name} must be float16, bfloat16 or float32, got {x.dtype}")
+      raise ValueError(f"{variant}: {name} must be float16, bfloat16 or float32 (float64 "
+                       f"with jax_enable_x64), got {x.dtype}")
   if key.dtype != query.dtype or value.dtype != query.dtype:
     raise ValueError(f"{variant}: query, key and value must share a dtype, got "
                      f"{query.dtype}, {key.dtype}, {value.dtype}")
