@@ -135,3 +135,31 @@ def _causal(phi_q, phi_k, v, chunk):
          + jnp.einsum("bnkgcd,bndkh->bnckgh", within, vv))
   den = jnp.einsum("bnckgf,bnkf->bnckg", pq, state_k) + jnp.einsum("bnkgcd->bnckg", within)
   return (num.reshape(B, L, K, G, -1)[:, :T], den.reshape(B, L, K, G)[:, :T])
+
+
+def init_state(batch: int, kv_heads: int, head_dim: int, *, feature_map="elu",
+               num_features=256):
+  """The recurrent form's state: sum_j phi(k_j) v_j^T [B, K, F, H] and sum_j phi(k_j) [B, K, F]."""
+  f = num_features if feature_map == "favor" else head_dim
+  return dict(kv=jnp.zeros((batch, kv_heads, f, head_dim), jnp.float32),
+              k=jnp.zeros((batch, kv_heads, f), jnp.float32))
+
+
+def recurrent_step(state, query, key, value, *, scale=None, feature_map="elu", num_features=256,
+                   seed=0, **_whole_sequence_options):
+  """One causal step of linear attention as an RNN (T = S = 1): returns (out, new state).
+
+  Equal to the causal `linear_attention` at that position; the state grows by phi(k) v^T.
+  Options that shape a whole-sequence call (chunk_size, is_causal) have no role in one step.
+  """
+  B, _, N, H = query.shape
+  K = key.shape[2]
+  phi_q, phi_k = features(query, key, scale=validation.check_scale(NAME, scale),
+                          feature_map=feature_map, num_features=num_features, seed=seed)
+  state = dict(kv=state["kv"] + jnp.einsum("bkf,bkh->bkfh", phi_k[:, 0],
+                                            value[:, 0].astype(jnp.float32)),
+               k=state["k"] + phi_k[:, 0])
+  phi_q = phi_q[:, 0].reshape(B, K, N // K, -1)
+  out = normalize(jnp.einsum("bkgf,bkfh->bkgh", phi_q, state["kv"]),
+                  jnp.einsum("bkgf,bkf->bkg", phi_q, state["k"]))
+  return out.reshape(B, 1, N, H).astype(query.dtype), state

@@ -1,0 +1,106 @@
+"""Incremental (token-by-token) decoding state for each variant, behind one interface.
+
+    cache = init(name, bound_options, batch, max_length, kv_heads, head_dim, dtype)
+    out, cache = step(name, bound_options, cache, query, key, value)   # T = S = 1
+
+Each step equals the variant's causal attention at that position over the whole prefix.
+"""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+
+import attention_zoo
+from attention_zoo import linear, masking, validation
+
+
+def _kv_init(options, batch, max_length, kv_heads, head_dim, dtype):
+  """Keys and values of every position so far (softmax, chunked)."""
+  zeros = jnp.zeros((batch, max_length, kv_heads, head_dim), dtype)
+  return dict(key=zeros, value=zeros, index=jnp.zeros((), jnp.int32))
+
+
+def _window_size(options):
+  left, _ = options["local_window_size"]
+  return left + 1
+
+
+def _window_init(options, batch, max_length, kv_heads, head_dim, dtype):
+  """A rolling cache of the last left + 1 keys and values (local): position p in slot p % W."""
+  return _kv_init(options, batch, min(_window_size(options), max_length), kv_heads, head_dim,
+                  dtype)
+
+
+def _cached_step(name, options, cache, query, key, value):
+  i, size = cache["index"], cache["key"].shape[1]
+  slot = i % size  # == i for a full cache, whose size is the maximum length
+  cache = dict(key=jax.lax.dynamic_update_slice_in_dim(cache["key"], key, slot, axis=1),
+               value=jax.lax.dynamic_update_slice_in_dim(cache["value"], value, slot, axis=1),
+               index=i + 1)
+  # Slots 0..filled-1 hold exactly the keys the query at position i may attend (for the
+  # rolling cache: the last W positions, its causal window), in an order softmax ignores.
+  # Causality and the window are thus expressed by the fill length, not by is_causal
+  # (which would compare the query's index 0 with the slots'), so both are unbound here.
+  filled = jnp.full((query.shape[0],), jnp.minimum(i + 1, size), jnp.int32)
+  options = {k: v for k, v in options.items() if k not in ("is_causal", "local_window_size")}
+  if name == "local":  # the window is the cache: plain softmax over its slots
+    name, options = "softmax", {k: v for k, v in options.items() if k == "scale"}
+  attend = attention_zoo.get(name, **options)
+  return attend(query, cache["key"], cache["value"], key_value_seq_lengths=filled), cache
+
+
+def _recurrent_init(options, batch, max_length, kv_heads, head_dim, dtype):
+  return linear.init_state(batch, kv_heads, head_dim,
+                           **{k: options[k] for k in ("feature_map", "num_features")
+                              if k in options})
+
+
+def _recurrent_step(name, options, cache, query, key, value):
+  return linear.recurrent_step(cache, query, key, value, **options)
+
+
+# variant -> (init, step). A variant missing here cannot be decoded incrementally.
+DECODERS = {
+    "softmax": (_kv_init, _cached_step),
+    "chunked": (_kv_init, _cached_step),
+    "local": (_window_init, _cached_step),
+    "linear": (_recurrent_init, _recurrent_step),
+}
+
+
+def _decoder(name):
+  if name not in DECODERS:
+    raise NotImplementedError(f"{name} attention has no incremental decoding form; "
+                              f"variants with one: {sorted(DECODERS)}")
+  return DECODERS[name]
+
+
+def init(name, options, batch, max_length, kv_heads, head_dim, dtype=jnp.float32):
+  options = {**attention_zoo.options(name), **options}
+  return _decoder(name)[0](options, batch, max_length, kv_heads, head_dim, dtype)
+
+
+def step(name, options, cache, query, key, value):
+  """Attention of one new query over the prefix so far; returns (out [B,1,N,H], cache)."""
+  return _decoder(name)[1](name, {**attention_zoo.options(name), **options}, cache, query, key,
+                           value)
+
+
+def attend_at(name, options, position, query, key, value, key_value_seq_lengths=None):
+  """Non-causal attention (cross-attention) of queries standing at `position` + arange(T).
+
+  Only a window depends on where the queries stand; for a windowed variant the window
+  is written out as a mask over softmax, the function the variant computes.
+  """
+  options = {**attention_zoo.options(name), **options}
+  window = options.pop("local_window_size", None)
+  if window is None:
+    return attention_zoo.get(name, **options)(query, key, value,
+                                              key_value_seq_lengths=key_value_seq_lengths)
+  window = validation.normalize_window(name, window)
+  ok = masking.allowed(position + jnp.arange(query.shape[1]), jnp.arange(key.shape[1]),
+                       window=window)
+  softmax = attention_zoo.get("softmax", **{k: v for k, v in options.items() if k == "scale"})
+  return softmax(query, key, value, mask=ok[None, None],
+                 key_value_seq_lengths=key_value_seq_lengths)
