@@ -41,13 +41,18 @@ def chunked_attention(query, key, value, bias=None, mask=None, *, scale=None, is
   and masked. Lengths need not be multiples of the chunk sizes. A query row that can
   attend no key returns zeros. Supports reverse-mode differentiation (not forward mode).
   """
-  validation.check_positive(NAME, query_chunk_size=query_chunk_size,
-                            key_chunk_size=key_chunk_size)
+  check_options(query_chunk_size, key_chunk_size)
   return blocked_attention(NAME, query, key, value, bias, mask, scale=scale,
                            is_causal=is_causal, query_seq_lengths=query_seq_lengths,
                            key_value_seq_lengths=key_value_seq_lengths,
                            local_window_size=local_window_size,
                            query_chunk_size=query_chunk_size, key_chunk_size=key_chunk_size)
+
+
+def check_options(query_chunk_size=DEFAULT_QUERY_CHUNK_SIZE,
+                  key_chunk_size=DEFAULT_KEY_CHUNK_SIZE):
+  validation.check_positive(NAME, query_chunk_size=query_chunk_size,
+                            key_chunk_size=key_chunk_size)
 
 
 def blocked_attention(variant, query, key, value, bias, mask, *, scale, is_causal,

@@ -22,7 +22,7 @@ def _kv_init(options, batch, max_length, kv_heads, head_dim, dtype):
 
 
 def _window_size(options):
-  left, _ = options["local_window_size"]
+  left, _ = validation.normalize_window("local", options["local_window_size"])
   return left + 1
 
 

@@ -55,7 +55,7 @@ def linear_attention(query, key, value, bias=None, mask=None, *, scale=None, is_
   return out.reshape(B, T, dims.N, -1).astype(query.dtype)
 
 
-def check_options(feature_map, num_features, seed, chunk_size):
+def check_options(feature_map="elu", num_features=256, seed=0, chunk_size=64):
   if feature_map not in FEATURE_MAPS:
     raise ValueError(f"{NAME}: unknown feature_map {feature_map!r}; choose from {FEATURE_MAPS}")
   validation.check_positive(NAME, num_features=num_features, chunk_size=chunk_size)

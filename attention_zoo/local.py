@@ -26,9 +26,13 @@ def local_attention(query, key, value, bias=None, mask=None, *, scale=None, is_c
   if local_window_size is None:
     raise ValueError(f"{NAME}: local_window_size is required, e.g. "
                      f"attention_zoo.get('local', local_window_size=(128, 0))")
-  validation.check_positive(NAME, block_size=block_size)
+  check_options(block_size)
   return chunked.blocked_attention(NAME, query, key, value, bias, mask, scale=scale,
                                    is_causal=is_causal, query_seq_lengths=query_seq_lengths,
                                    key_value_seq_lengths=key_value_seq_lengths,
                                    local_window_size=local_window_size,
                                    query_chunk_size=block_size, key_chunk_size=block_size)
+
+
+def check_options(block_size=DEFAULT_BLOCK_SIZE):
+  validation.check_positive(NAME, block_size=block_size)

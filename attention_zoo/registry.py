@@ -4,17 +4,22 @@ from __future__ import annotations
 
 import functools
 import inspect
-from typing import Callable
+from typing import Callable, NamedTuple
 
 import jax
 
 from attention_zoo import chunked, linear, local, softmax, validation
 
-VARIANTS: dict[str, Callable] = {
-    softmax.NAME: softmax.softmax_attention,
-    chunked.NAME: chunked.chunked_attention,
-    local.NAME: local.local_attention,
-    linear.NAME: linear.linear_attention,
+class Variant(NamedTuple):
+  fn: Callable                                  # the attention function
+  check_options: Callable = lambda **_: None    # validates option values at lookup
+
+
+VARIANTS: dict[str, Variant] = {
+    softmax.NAME: Variant(softmax.softmax_attention),
+    chunked.NAME: Variant(chunked.chunked_attention, chunked.check_options),
+    local.NAME: Variant(local.local_attention, local.check_options),
+    linear.NAME: Variant(linear.linear_attention, linear.check_options),
 }
 
 # Keyword arguments of jax.nn.dot_product_attention that any variant may take.
@@ -32,7 +37,7 @@ def names() -> list[str]:
 
 def options(name: str) -> dict[str, object]:
   """A variant's own options and their defaults (beyond the shared call arguments)."""
-  params = inspect.signature(_lookup(name)).parameters.values()
+  params = inspect.signature(_lookup(name).fn).parameters.values()
   return {p.name: p.default for p in params
           if p.kind is p.KEYWORD_ONLY and p.name not in CALL_ARGUMENTS}
 
@@ -43,18 +48,21 @@ def get(name: str, **bound) -> "Attention":
   `bound` may hold the variant's options (see `options(name)`) and the static call
   arguments `scale`, `is_causal`, `local_window_size`.
   """
-  fn = _lookup(name)
-  allowed = list(options(name)) + list(STATIC_ARGUMENTS)
+  variant = _lookup(name)
+  own = options(name)
+  allowed = list(own) + list(STATIC_ARGUMENTS)
   unknown = sorted(set(bound) - set(allowed))
   if unknown:
     raise ValueError(f"unknown option(s) {unknown} for attention variant {name!r}; "
                      f"it takes {allowed}")
+  variant.check_options(**{k: v for k, v in bound.items() if k in own})
+  validation.check_scale(name, bound.get("scale"))
   if bound.get("local_window_size") is not None:
     bound["local_window_size"] = validation.normalize_window(name, bound["local_window_size"])
-  return Attention(name, fn, bound)
+  return Attention(name, variant.fn, bound)
 
 
-def _lookup(name: str) -> Callable:
+def _lookup(name: str) -> Variant:
   if name not in VARIANTS:
     raise ValueError(f"unknown attention variant {name!r}; registered: {names()}")
   return VARIANTS[name]

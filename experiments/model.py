@@ -42,6 +42,11 @@ def sinusoids(positions, d_model):
   return jnp.concatenate([jnp.sin(angles), jnp.cos(angles)], axis=-1)
 
 
+def _drop(dropout: nnx.Dropout, x, rngs):
+  """Dropout while training (rngs given); the identity in evaluation and decoding."""
+  return dropout(x, deterministic=rngs is None, rngs=rngs)
+
+
 class _FeedForward(nnx.Module):
   def __init__(self, cfg: TransformerConfig, rngs: nnx.Rngs):
     self.up = nnx.Linear(cfg.d_model, cfg.d_ff, rngs=rngs)
@@ -74,15 +79,15 @@ class _Block(nnx.Module):
                               context_lengths=lengths)
     else:
       h, cache = self.self_attention.decode_step(h, cache)
-    x = x + self.dropout(h, rngs=rngs)
+    x = x + _drop(self.dropout, h, rngs)
     if self.cross_attention is not None:
       h = self.cross_norm(x)
       if cache is None:
         h = self.cross_attention(h, memory, query_lengths=lengths, context_lengths=memory_lengths)
       else:
         h = self.cross_attention.attend_at(h, memory, position, memory_lengths)
-      x = x + self.dropout(h, rngs=rngs)
-    return x + self.dropout(self.ff(self.ff_norm(x)), rngs=rngs), cache
+      x = x + _drop(self.dropout, h, rngs)
+    return x + _drop(self.dropout, self.ff(self.ff_norm(x)), rngs), cache
 
 
 class Transformer(nnx.Module):
@@ -100,7 +105,7 @@ class Transformer(nnx.Module):
 
   def _embed(self, tokens, positions, rngs):
     x = self.embed(tokens) * np.sqrt(self.cfg.d_model) + sinusoids(positions, self.cfg.d_model)
-    return self.dropout(x, rngs=rngs)
+    return _drop(self.dropout, x, rngs)
 
   def encode(self, inputs, input_lengths, rngs=None):
     """inputs int [B, S] (right-padded) -> memory [B, S, D]."""

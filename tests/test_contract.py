@@ -68,7 +68,7 @@ def test_causality_by_gradients(name):
 @pytest.mark.parametrize("name", NAMES)
 def test_jit_and_no_jit_agree_without_retracing(name):
   attend = _get(name)
-  raw = registry.VARIANTS[name]
+  raw = registry.VARIANTS[name].fn
   for seed in range(3):
     q, k, v = _arrays(seed=seed)
     np.testing.assert_allclose(attend(q, k, v, is_causal=True),
@@ -127,7 +127,10 @@ def test_non_positive_sizes_raise(name):
            if isinstance(default, int) and o != "seed"]
   for option in sizes:
     with pytest.raises(ValueError, match=f"{option} must be a positive int"):
-      _get(name, **{option: 0})(q, k, v, is_causal=True)
+      _get(name, **{option: 0})  # at lookup
+    with pytest.raises(ValueError, match=f"{option} must be a positive int"):
+      registry.VARIANTS[name].fn(q, k, v, is_causal=True, **{
+          **REQUIRED_OPTIONS.get(name, {}), option: 0})  # and when called directly
 
 
 def test_unknown_names_and_options_list_what_exists():

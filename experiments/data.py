@@ -1,0 +1,92 @@
+"""One input pipeline for every task: TFDS array_record sources fed through grain.
+
+Token ids: 0 padding, 1 begin-of-sequence, 2 end-of-sequence, task symbols from 3 on.
+Every batch is padded to the config's lengths (one shape, one compilation):
+  inputs [B, S], input_lengths [B], decoder_inputs [B, T] (BOS + target),
+  targets [B, T] (target + EOS), target_lengths [B] (with EOS).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+
+import grain
+import numpy as np
+import tensorflow_datasets as tfds
+
+from experiments import tasks
+from experiments.tasks import synthetic, text_pairs
+
+PAD, BOS, EOS = 0, 1, 2
+RESERVED = 3
+
+
+@dataclasses.dataclass(frozen=True)
+class Task:
+  name: str
+  vocab_size: int                    # of the model, with the reserved ids
+  sources: dict                      # split -> random-access data source
+  lengths: dict                      # split -> (max input length, max target length + EOS)
+  to_symbols: object                 # example -> (input symbols, target symbols)
+
+
+def load_task(cfg) -> Task:
+  """Builds the task's data (once, into cfg.data_dir) and opens its splits."""
+  data_dir = os.path.expanduser(cfg.data_dir)
+  if cfg.task in tasks.SYNTHETIC:
+    builder_cls = tasks.SYNTHETIC[cfg.task]
+    config = synthetic.config_for(cfg.vocab_size, cfg.min_length, cfg.max_length,
+                                  cfg.long_max_length, cfg.num_train, cfg.num_eval, cfg.data_seed)
+    builder = builder_cls(config=config, data_dir=data_dir, file_format="array_record")
+    short, long = builder_cls.max_lengths(cfg.max_length), builder_cls.max_lengths(
+        cfg.long_max_length)
+    lengths = {s: (short[0], short[1] + 1) for s in ("train", "validation", "test")}
+    lengths["test_long"] = (long[0], long[1] + 1)
+    vocab = builder_cls.vocab_size(config)
+    to_symbols = lambda e: (e["inputs"], e["targets"])
+  else:  # text pairs, byte level
+    builder = tfds.builder(cfg.tfds_name, data_dir=data_dir, file_format="array_record")
+    builder.download_and_prepare()  # the splits are known once the data is prepared
+    lengths = {s: (cfg.max_input_length, cfg.max_target_length + 1)
+               for s in builder.info.splits if s in ("train", "validation", "test")}
+    vocab = text_pairs.VOCAB_SIZE
+    to_symbols = lambda e: tuple(np.frombuffer(e[k], np.uint8) for k in
+                                 (cfg.input_key, cfg.target_key))
+  builder.download_and_prepare()
+  sources = {split: builder.as_data_source(split=split) for split in lengths}
+  return Task(cfg.task, vocab + RESERVED, sources, lengths, to_symbols)
+
+
+def encode(task: Task, example, split: str, truncate: bool = False) -> dict:
+  """One example -> padded arrays; too long raises unless `truncate` (then it is cut)."""
+  max_in, max_out = task.lengths[split]
+  inputs, targets = (np.asarray(x, np.int32) + RESERVED for x in task.to_symbols(example))
+  if truncate:
+    inputs, targets = inputs[:max_in], targets[:max_out - 1]
+  elif len(inputs) > max_in or len(targets) + 1 > max_out:
+    raise ValueError(f"{task.name}/{split}: example of input length {len(inputs)} and target "
+                     f"length {len(targets)} exceeds the padded lengths ({max_in}, {max_out - 1}); "
+                     f"raise them or set config.data.truncate")
+  pad = lambda x, n: np.pad(x, (0, n - len(x)))
+  return dict(inputs=pad(inputs, max_in), input_lengths=np.int32(len(inputs)),
+              decoder_inputs=pad(np.concatenate([[BOS], targets]), max_out)[:max_out],
+              targets=pad(np.concatenate([targets, [EOS]]), max_out),
+              target_lengths=np.int32(len(targets) + 1))
+
+
+def train_dataset(task: Task, cfg, seed: int) -> grain.IterDataset:
+  """Shuffled anew each epoch from `seed`, endless, in batches; its iterator is checkpointable."""
+  return (grain.MapDataset.source(task.sources["train"]).shuffle(seed=seed).repeat()
+          .map(lambda e: encode(task, e, "train", cfg.truncate))
+          .batch(cfg.batch_size, drop_remainder=True).to_iter_dataset())
+
+
+def eval_batches(task: Task, cfg, split: str, max_batches: int | None = None):
+  """The split in order, in full batches: the last is padded with empty rows (length 0)."""
+  ds = grain.MapDataset.source(task.sources[split]).map(
+      lambda e: encode(task, e, split, cfg.truncate)).batch(cfg.eval_batch_size)
+  for i in range(len(ds) if max_batches is None else min(max_batches, len(ds))):
+    batch = ds[i]
+    missing = cfg.eval_batch_size - len(batch["input_lengths"])
+    yield {k: np.pad(v, [(0, missing)] + [(0, 0)] * (v.ndim - 1)) for k, v in batch.items()}
