@@ -5,6 +5,7 @@
 """
 
 from absl import app, flags, logging
+import tensorflow_datasets as tfds
 from ml_collections import config_flags
 
 from experiments import default_job, train
@@ -18,7 +19,8 @@ FLAGS = flags.FLAGS
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"unexpected arguments {argv[1:]}")
-  logging.set_verbosity(logging.WARNING)  # orbax logs every save at INFO
+  logging.set_verbosity(logging.ERROR)  # orbax logs every save, TFDS every custom config
+  tfds.disable_progress_bar()
   if FLAGS.config is None:
     print(default_job.run())
     return

@@ -68,6 +68,7 @@ def get_config() -> ml_collections.ConfigDict:
   c.eval_batches = 4
   c.checkpoint_every = 500
   c.keep_checkpoints = 2            # latest kept; the best by validation loss is kept apart
-  c.decode_splits = ("validation", "test", "test_long")  # final greedy-decoding evaluation
+  c.decode_splits = ("validation", "test", "test_long")  # final evaluation with decoding
+  c.beam_size = 1                   # 1: greedy decoding; more: beam search
   c.progress_bar = True
   return c

@@ -42,7 +42,7 @@ def check_config(config) -> None:
     if data[field] <= 0:
       raise ValueError(f"config.data.{field} must be positive, got {data[field]}")
   for field in ("num_train_steps", "log_every", "eval_every", "checkpoint_every",
-                "keep_checkpoints"):
+                "keep_checkpoints", "beam_size"):
     if config[field] <= 0:
       raise ValueError(f"config.{field} must be positive, got {config[field]}")
   if config.optimizer.decay not in DECAYS:

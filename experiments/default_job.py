@@ -9,8 +9,8 @@ import attention_zoo
 from configs import copy as copy_config
 from experiments import metrics, train
 
-HEADER = ("| variant | exact-sequence accuracy (test) | exact (test_long) | eval loss | "
-          "steps/s | tokens/s | train-step memory (XLA) | peak RSS |\n|---|---|---|---|---|---|---|---|")
+HEADER = ("| variant | exact-sequence accuracy (test) | exact (test_long) | test loss | "
+          "steps/s | tokens/s | peak memory of a train step |\n|---|---|---|---|---|---|---|")
 
 
 def config(variant: str):
@@ -29,11 +29,11 @@ def row(variant: str, workdir: str) -> str:
   speed = [r for r in logged if "steps_per_second" in r][1:] or [r for r in logged if
                                                                   "steps_per_second" in r]
   mean = lambda k: sum(r[k] for r in speed) / len(speed)
-  memory = next((r["train_step_temp_mib"] for r in logged if "train_step_temp_mib" in r), None)
+  memory = next(r["train_step_memory_mib"] for r in logged if "train_step_memory_mib" in r)
   return (f"| {variant} | {final['test_exact_accuracy']:.3f} | "
           f"{final['test_long_exact_accuracy']:.3f} | {final['test_loss']:.4f} | "
           f"{mean('steps_per_second'):.1f} | {mean('tokens_per_second'):,.0f} | "
-          f"{memory:.0f} MiB | {max(r['peak_rss_mib'] for r in speed):,.0f} MiB |")
+          f"{memory:.1f} MiB |")
 
 
 def run(root: str = "runs/default") -> str:

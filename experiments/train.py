@@ -3,7 +3,7 @@
 Pure jitted train and eval steps over a state pytree {step, params, opt_state,
 nonfinite_step}; orbax checkpoints (model and data iterator) resumed automatically from
 the workdir; metrics to metrics.jsonl and TensorBoard; a final evaluation with greedy
-decoding (exact-sequence accuracy) on config.decode_splits.
+decoding or beam search (exact-sequence accuracy) on config.decode_splits.
 """
 
 from __future__ import annotations
@@ -22,7 +22,7 @@ import optax
 import tqdm
 from flax import nnx
 
-from experiments import checks, checkpoints, data, metrics
+from experiments import checks, checkpoints, data, decode, metrics
 from experiments.model import Transformer, TransformerConfig
 
 
@@ -99,30 +99,6 @@ def eval_step(graphdef, params, batch):
   return token_metrics(_forward(graphdef, params, batch), batch)
 
 
-def greedy_decode(graphdef, params, batch):
-  """Tokens [B, T] decoded one position at a time with each variant's cache."""
-  model = nnx.merge(graphdef, params)
-  memory = model.encode(batch["inputs"], batch["input_lengths"])
-  B, T = batch["targets"].shape
-
-  def body(t, carry):
-    token, caches, out = carry
-    logits, caches = model.decode_step(token, t, caches, memory, batch["input_lengths"])
-    token = logits.argmax(-1).astype(jnp.int32)
-    return token[:, None], caches, out.at[:, t].set(token)
-
-  init = (jnp.full((B, 1), data.BOS, jnp.int32), model.init_caches(B, T),
-          jnp.zeros((B, T), jnp.int32))
-  return jax.lax.fori_loop(0, T, body, init)[2]
-
-
-def exact_matches(tokens, batch):
-  """Rows whose decoded tokens equal the target up to and including EOS."""
-  weights = jnp.arange(tokens.shape[1]) < batch["target_lengths"][:, None]
-  return jnp.sum(jnp.all((tokens == batch["targets"]) | ~weights, axis=1)
-                 & (batch["target_lengths"] > 0))
-
-
 @dataclasses.dataclass
 class _Steps:
   """The jitted pure functions of one run (graphdef and optimizer are static)."""
@@ -131,18 +107,18 @@ class _Steps:
   decode: object
 
 
-def _evaluate(steps, params, task, cfg, split, max_batches=None, decode=False) -> dict:
+def _evaluate(steps, params, task, cfg, split, max_batches=None, decoding=False) -> dict:
   totals = dict(loss_sum=0.0, correct=0, tokens=0, exact=0, sequences=0)
   for batch in data.eval_batches(task, cfg, split, max_batches):
     sums = jax.device_get(steps.evaluate(params, batch))
     for k in ("loss_sum", "correct", "tokens"):
       totals[k] += float(sums[k])
     totals["sequences"] += int(np.sum(batch["target_lengths"] > 0))
-    if decode:
-      totals["exact"] += int(exact_matches(steps.decode(params, batch), batch))
+    if decoding:
+      totals["exact"] += int(decode.exact_matches(steps.decode(params, batch), batch))
   out = {f"{split}_loss": totals["loss_sum"] / max(totals["tokens"], 1),
          f"{split}_token_accuracy": totals["correct"] / max(totals["tokens"], 1)}
-  if decode:
+  if decoding:
     out[f"{split}_exact_accuracy"] = totals["exact"] / max(totals["sequences"], 1)
   return out
 
@@ -171,10 +147,11 @@ def train_and_evaluate(config, workdir: str) -> dict:
                   donate_argnums=0).lower(state, first).compile()
   compile_seconds = time.perf_counter() - started
   steps = _Steps(train=train, evaluate=jax.jit(functools.partial(eval_step, graphdef)),
-                 decode=jax.jit(functools.partial(greedy_decode, graphdef)))
+                 decode=jax.jit(functools.partial(decode.beam_search, graphdef,
+                                                  beam_size=config.beam_size)))
   memory = train.memory_analysis()
-  run_info = dict(compile_seconds=compile_seconds,
-                  train_step_temp_mib=memory.temp_size_in_bytes / 2**20 if memory else None)
+  run_info = dict(compile_seconds=compile_seconds, train_step_memory_mib=(
+      (memory.temp_size_in_bytes + memory.argument_size_in_bytes) / 2**20 if memory else None))
 
   pending, batch, tokens = [], first, 0
   interval_start = time.perf_counter()
@@ -193,7 +170,7 @@ def train_and_evaluate(config, workdir: str) -> dict:
         logged.update(learning_rate=float(learning_rate_schedule(config.optimizer,
                                                                  config.num_train_steps)(step)),
                       steps_per_second=len(pending) / seconds, tokens_per_second=tokens / seconds,
-                      peak_rss_mib=resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+                      process_peak_rss_mib=resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
                       **(run_info if step - len(pending) == start else {}))
         writer.write(step, logged)
         progress.set_postfix(loss=f"{logged['train_loss']:.3f}",
@@ -211,7 +188,7 @@ def train_and_evaluate(config, workdir: str) -> dict:
     final = {}
     for split in config.decode_splits:
       if split in task.sources:
-        final.update(_evaluate(steps, state["params"], task, config.data, split, decode=True))
+        final.update(_evaluate(steps, state["params"], task, config.data, split, decoding=True))
     writer.write(config.num_train_steps, {**final, "final": True})
   finally:
     progress.close()

@@ -17,8 +17,8 @@ from experiments import default_job, metrics, train
 from tests import tiny
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-TIMING = {"steps_per_second", "tokens_per_second", "peak_rss_mib", "compile_seconds",
-          "train_step_temp_mib"}
+TIMING = {"steps_per_second", "tokens_per_second", "process_peak_rss_mib", "compile_seconds",
+          "train_step_memory_mib"}
 
 
 @pytest.fixture(scope="module")
