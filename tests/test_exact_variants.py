@@ -135,3 +135,27 @@ def test_blocks_larger_than_inputs_and_single_rows(variant):
     kwargs = dict(local_window_size=(50, 50)) if variant == "local" else {}
     got = attention_zoo.get(variant)(q, k, v, **kwargs)
     np.testing.assert_allclose(got, oracle.reference(q, k, v, **kwargs), atol=2e-6, rtol=2e-5)
+
+
+@pytest.mark.parametrize("case", ["plain", "everything"])
+@pytest.mark.parametrize("variant", list(VARIANTS))
+def test_bfloat16_gradients_are_as_accurate_as_jax(variant, case):
+  """bfloat16 gradients: error against float32 gradients on the same (rounded) inputs is
+  at most JAX's own bfloat16 error (plus one bfloat16 rounding of the largest gradient)."""
+  q, k, v, kwargs, live = _setup(variant, case)
+  q, k, v = (x.astype(jnp.bfloat16) for x in (q, k, v))
+  cotangent = jnp.asarray(np.random.default_rng(1).normal(size=q.shape), jnp.float32) * live
+
+  def grads(fn, dtype):
+    loss = lambda q, k, v: jnp.sum(fn(q, k, v, **kwargs).astype(jnp.float32) * cotangent)
+    return jax.grad(loss, (0, 1, 2))(*(x.astype(dtype) for x in (q, k, v)))
+
+  exact = grads(oracle.reference, jnp.float32)
+  ours = grads(attention_zoo.get(variant, **VARIANTS[variant]), jnp.bfloat16)
+  theirs = grads(oracle.reference, jnp.bfloat16)
+  ulp = float(jnp.finfo(jnp.bfloat16).eps)
+  for o, t, e in zip(ours, theirs, exact):
+    assert o.dtype == jnp.bfloat16
+    error = float(jnp.abs(o.astype(jnp.float32) - e).max())
+    jax_error = float(jnp.abs(t.astype(jnp.float32) - e).max())
+    assert error <= jax_error + ulp * float(jnp.abs(e).max()), (error, jax_error)
