@@ -2,13 +2,14 @@
 
     python launch.py                                   # the default job: every variant on copy
     python launch.py --config configs/copy.py --workdir runs/copy --config.model.attention=linear
+    python launch.py bench --config configs/bench/attention.py --workdir runs/bench
 """
 
 from absl import app, flags, logging
 import tensorflow_datasets as tfds
 from ml_collections import config_flags
 
-from experiments import default_job, train
+from experiments import benchmark, default_job, train
 
 config_flags.DEFINE_config_file("config", None, "An experiment config, e.g. configs/copy.py.",
                                 lock_config=True)
@@ -17,15 +18,19 @@ FLAGS = flags.FLAGS
 
 
 def main(argv):
-  if len(argv) > 1:
-    raise app.UsageError(f"unexpected arguments {argv[1:]}")
+  command = argv[1:]
+  if command not in ([], ["bench"]):
+    raise app.UsageError(f"unexpected arguments {command}; the one command is `bench`")
   logging.set_verbosity(logging.ERROR)  # orbax logs every save, TFDS every custom config
   tfds.disable_progress_bar()
-  if FLAGS.config is None:
+  if FLAGS.config is None and not command:
     print(default_job.run())
     return
-  if not FLAGS.workdir:
-    raise app.UsageError("--workdir is required with --config")
+  if FLAGS.config is None or not FLAGS.workdir:
+    raise app.UsageError("--config and --workdir are required (or neither: the default job)")
+  if command == ["bench"]:
+    print(benchmark.run(FLAGS.config, FLAGS.workdir))
+    return
   final = train.train_and_evaluate(FLAGS.config, FLAGS.workdir)
   print("\n".join(f"{k}: {v:.4f}" for k, v in final.items()))
 

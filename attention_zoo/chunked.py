@@ -23,7 +23,7 @@ import numpy as np
 from attention_zoo import masking, validation
 
 NAME = "chunked"
-# Measured on the 2-core CPU (T=4096, 8 heads, head dim 64; `python -m experiments.speed`):
+# Measured on the 2-core CPU (T=4096, 8 heads, head dim 64; `python launch.py bench --config configs/bench/attention.py`):
 # 512 x 256 blocks match 512 x 512 forward (119 ms, ~2/3 of the matmul peak) and are the
 # fastest forward+backward (660 ms; causal 358 ms); 1024-row and 256 x 256 blocks are
 # 10-60% slower. A 512 x 256 float32 logit block per head (512 KiB) stays in L2 cache.

@@ -11,7 +11,7 @@ from attention_zoo import chunked, validation
 
 NAME = "local"
 # Measured at T=8192, windows (128, 128) and causal (256, 0), forward+backward: 64-row
-# blocks 182 ms, 128 rows 200-250 ms, 256 rows 230-320 ms (`python -m experiments.speed`).
+# blocks 182 ms, 128 rows 200-250 ms, 256 rows 230-320 ms (`python launch.py bench --config configs/bench/attention.py`).
 DEFAULT_BLOCK_SIZE = 64
 
 

@@ -38,12 +38,14 @@ def load_task(cfg) -> Task:
     builder_cls = tasks.SYNTHETIC[cfg.task]
     config = synthetic.config_for(cfg.vocab_size, cfg.min_length, cfg.max_length,
                                   cfg.long_max_length, cfg.num_train, cfg.num_eval, cfg.data_seed)
+    if config.name in builder_cls.builder_configs:  # TFDS refuses a same-named custom config
+      config = config.name
     builder = builder_cls(config=config, data_dir=data_dir, file_format="array_record")
     short, long = builder_cls.max_lengths(cfg.max_length), builder_cls.max_lengths(
         cfg.long_max_length)
     lengths = {s: (short[0], short[1] + 1) for s in ("train", "validation", "test")}
     lengths["test_long"] = (long[0], long[1] + 1)
-    vocab = builder_cls.vocab_size(config)
+    vocab = builder_cls.vocab_size(builder.builder_config)
     to_symbols = lambda e: (e["inputs"], e["targets"])
   else:  # text pairs, byte level
     builder = tfds.builder(cfg.tfds_name, data_dir=data_dir, file_format="array_record")

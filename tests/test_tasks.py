@@ -87,3 +87,13 @@ def test_last_eval_batch_is_padded_with_empty_rows(data_dir):
   batches = list(data.eval_batches(loaded, cfg, "validation"))
   assert [b["inputs"].shape[0] for b in batches] == [16, 16, 16]
   assert int((batches[-1]["target_lengths"] > 0).sum()) == 40 - 32
+
+
+def test_the_configs_default_data_builds(data_dir):
+  """The default parameters name the builder's registered config (20,000 examples)."""
+  from configs import copy as copy_config
+  cfg = copy_config.get_config().data
+  with cfg.unlocked():
+    cfg.data_dir = str(data_dir)
+  loaded = data.load_task(cfg)
+  assert len(loaded.sources["train"]) == cfg.num_train

@@ -1,0 +1,25 @@
+"""Every variant against jax.nn.dot_product_attention (and PyTorch's SDPA if installed).
+
+    python launch.py bench --config configs/bench/attention.py --workdir runs/bench
+
+Expected on the 2-core CPU: ~15 minutes (JAX's own attention dominates: 13 s per
+forward+backward at T=8192). Writes table.md, results.csv/json and PNG plots to the workdir.
+"""
+
+import ml_collections
+
+
+def get_config():
+  c = ml_collections.ConfigDict()
+  c.kind = "attention"
+  c.variants = ("chunked", "local:local_window_size=256", "linear")  # name[:option=value...]
+  c.torch = True                     # time torch SDPA too, when PyTorch is installed (CPU)
+  c.lengths = (1024, 2048, 4096, 8192)
+  c.causal = (False, True)
+  c.modes = ("forward", "forward_backward")
+  c.dtype = "float32"
+  c.batch, c.heads, c.head_dim = 1, 8, 64
+  c.repeats = 5                      # timed runs after one warm-up ...
+  c.seconds_per_case = 20.0          # ... fewer when they would take longer than this
+  c.memory_fraction = 0.8            # a case needing more of the free memory is not run
+  return c.lock()

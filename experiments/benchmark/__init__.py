@@ -1,0 +1,50 @@
+"""`python launch.py bench --config configs/bench/<name>.py --workdir runs/<name>`.
+
+config.kind picks the benchmark: `attention` (every variant against JAX, over a grid),
+`rabe_staats` or `lra_efficiency` (the published tables). Each writes results.json,
+results.csv and table.md to the workdir (and PNG plots for `attention`), and prints the table.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+import platform
+
+import jax
+
+from experiments.benchmark import attention, papers, peers
+
+
+def _attention(config):
+  rows = attention.run(config)
+  return rows, attention.summary_table(rows)
+
+
+KINDS = {"attention": _attention, "rabe_staats": papers.rabe_staats,
+         "lra_efficiency": papers.lra_efficiency}
+
+
+def run(config, workdir: str) -> str:
+  if config.kind not in KINDS:
+    raise ValueError(f"config.kind={config.kind!r}; choose from {sorted(KINDS)}")
+  os.makedirs(workdir, exist_ok=True)
+  machine = (f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores, "
+             f"{jax.devices()[0].device_kind}, JAX {jax.__version__}"
+             + (f", PyTorch {peers.torch_version()}" if peers.torch_available() else ""))
+  print(f"{config.kind} benchmark on {machine}", flush=True)
+  rows, table = KINDS[config.kind](config)
+  with open(os.path.join(workdir, "results.json"), "w", encoding="utf-8") as f:
+    json.dump({"machine": machine, "config": config.to_dict(), "rows": rows}, f, indent=1,
+              default=str)
+  with open(os.path.join(workdir, "results.csv"), "w", newline="", encoding="utf-8") as f:
+    writer = csv.DictWriter(f, fieldnames=list(dict.fromkeys(k for r in rows for k in r)))
+    writer.writeheader()
+    writer.writerows(rows)
+  if config.kind == "attention":
+    table += "\n\nPlots: " + ", ".join(attention.plot(rows, workdir))
+  table = f"Machine: {machine}\n\n{table}"
+  with open(os.path.join(workdir, "table.md"), "w", encoding="utf-8") as f:
+    f.write(table + "\n")
+  return table

@@ -1,0 +1,130 @@
+"""Speed and memory of every attention variant against JAX's own, over a grid of shapes.
+
+One row per (variant, length, causal, mode): median time with its range, compile time,
+compiled memory, achieved FLOP/s and its fraction of the matmul peak measured in the
+same run (for variants that compute dense attention), and the ratio to `jax` timed in
+the same run.
+"""
+
+from __future__ import annotations
+
+import ast
+import dataclasses
+import itertools
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+import attention_zoo
+from experiments.benchmark import measure, peers
+
+# Variants whose work is the dense T·S product (possibly skipping causal blocks), so that
+# dense-attention FLOP/s is their real throughput. local and linear do less work.
+DENSE = ("jax", "jax-cudnn", "torch", "softmax", "chunked")
+
+
+def parse_variant(spec: str) -> tuple[str, dict]:
+  """'name' or 'name:option=value:...' (values are Python literals) -> (name, options)."""
+  name, *pairs = spec.split(":")
+  return name, {k: ast.literal_eval(v) for k, v in (p.split("=", 1) for p in pairs)}
+
+
+def attention_flops(batch, heads, length, head_dim, is_causal, backward) -> float:
+  """Useful FLOPs of dense attention: 2 matmuls forward, 4 more backward; half if causal."""
+  forward = 4.0 * batch * heads * length * length * head_dim
+  return forward * (3 if backward else 1) * (0.5 if is_causal else 1)
+
+
+def _loss_fn(attend, is_causal, backward):
+  call = lambda q, k, v: attend(q, k, v, is_causal=is_causal)
+  if not backward:
+    return call
+  return jax.grad(lambda q, k, v: jnp.sum(call(q, k, v).astype(jnp.float32) ** 2), (0, 1, 2))
+
+
+def run(config) -> list[dict]:
+  dtype = jnp.dtype(config.dtype)
+  peak = measure.matmul_peak_gflops(dtype)
+  budget = measure.memory_budget_bytes(config.memory_fraction)
+  candidates = dict(peers.baselines())
+  for spec in config.variants:
+    name, options = parse_variant(spec)
+    candidates[spec] = attention_zoo.get(name, **options)
+  use_torch = config.torch and peers.torch_available() and jax.default_backend() == "cpu"
+  rows = []
+  for length, is_causal, mode in itertools.product(config.lengths, config.causal, config.modes):
+    shape = (config.batch, length, config.heads, config.head_dim)
+    q, k, v = (jax.random.normal(key, shape, dtype)
+               for key in jax.random.split(jax.random.key(0), 3))
+    backward = mode == "forward_backward"
+    flops = attention_flops(config.batch, config.heads, length, config.head_dim, is_causal,
+                            backward)
+    found = {label: measure.measure(_loss_fn(attend, is_causal, backward), (q, k, v),
+                                    repeats=config.repeats, seconds=config.seconds_per_case,
+                                    budget_bytes=budget)
+             for label, attend in candidates.items()}
+    if use_torch:
+      found["torch"] = peers.time_torch(shape, config.dtype, is_causal, backward,
+                                        repeats=config.repeats, seconds=config.seconds_per_case)
+    base = found["jax"].median_ms
+    for label, m in found.items():
+      dense = label.split(":")[0] in DENSE
+      rows.append(dict(
+          variant=label, length=length, causal=is_causal, mode=mode, dtype=config.dtype,
+          batch=config.batch, heads=config.heads, head_dim=config.head_dim,
+          **dataclasses.asdict(m),
+          gflops=flops / m.median_ms / 1e6 if m.median_ms and dense else None,
+          peak_fraction=flops / m.median_ms / 1e6 / peak if m.median_ms and dense else None,
+          matmul_peak_gflops=peak,
+          speedup_vs_jax=base / m.median_ms if base and m.median_ms else None))
+    print(f"  length {length:>6} causal={is_causal!s:<5} {mode:<16} " + "  ".join(
+        f"{label}={m.median_ms:.1f}ms" if m.median_ms else f"{label}={m.status}"
+        for label, m in found.items()), flush=True)
+  return rows
+
+
+def summary_table(rows: list[dict]) -> str:
+  """Markdown, one row per measurement."""
+  lines = ["| variant | T | causal | mode | median ms (min-max) | vs jax | GFLOP/s | % of peak | "
+           "memory MiB | compile s |", "|---|---|---|---|---|---|---|---|---|---|"]
+  for r in rows:
+    time = (f"{r['median_ms']:.1f} ({r['min_ms']:.1f}-{r['max_ms']:.1f})" if r["median_ms"]
+            else r["status"])
+    fmt = lambda x, f: "—" if x is None else format(x, f)
+    lines.append(f"| {r['variant']} | {r['length']} | {r['causal']} | {r['mode']} | {time} | "
+                 f"{fmt(r['speedup_vs_jax'], '.2f')}x | {fmt(r['gflops'], '.0f')} | "
+                 f"{fmt(None if r['peak_fraction'] is None else 100 * r['peak_fraction'], '.0f')} | "
+                 f"{fmt(r['memory_mib'], ',.1f')} | {fmt(r['compile_seconds'], '.2f')} |")
+  return "\n".join(lines)
+
+
+def plot(rows: list[dict], directory: str) -> list[str]:
+  """Time and memory against length, log-log, one line per variant; one PNG per setting."""
+  import matplotlib
+  matplotlib.use("Agg")
+  import matplotlib.pyplot as plt
+  paths = []
+  for (is_causal, mode), group in itertools.groupby(
+      sorted(rows, key=lambda r: (r["causal"], r["mode"])), key=lambda r: (r["causal"], r["mode"])):
+    group = list(group)
+    fig, (ax_time, ax_memory) = plt.subplots(1, 2, figsize=(11, 4))
+    for ax, key, label in ((ax_time, "median_ms", "median time (ms)"),
+                           (ax_memory, "memory_mib", "compiled memory (MiB)")):
+      for variant in dict.fromkeys(r["variant"] for r in group):
+        points = [r for r in group if r["variant"] == variant and r[key]]
+        if points:  # cases that did not fit or run have nothing to draw
+          ax.plot([r["length"] for r in points], [r[key] for r in points], marker="o",
+                  label=variant)
+      ax.set(xlabel="sequence length T = S", ylabel=label)
+      if ax.lines:
+        ax.set(xscale="log", yscale="log")
+        ax.legend(fontsize=8)
+      ax.grid(True, which="both", alpha=0.3)
+    fig.suptitle(f"{mode.replace('_', '+')}, {'causal' if is_causal else 'bidirectional'}")
+    fig.tight_layout()
+    path = f"{directory}/{mode}_{'causal' if is_causal else 'bidirectional'}.png"
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    paths.append(path)
+  return paths

@@ -1,0 +1,74 @@
+"""How one compiled function is measured: compile time, XLA memory, median time and spread.
+
+A case whose compiled memory exceeds the budget is reported as not fitting, never run.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import statistics
+import time
+
+import jax
+import jax.numpy as jnp
+import psutil
+
+
+@dataclasses.dataclass
+class Measurement:
+  compile_seconds: float | None = None
+  memory_mib: float | None = None      # XLA temporaries + arguments of the compiled program
+  median_ms: float | None = None
+  min_ms: float | None = None
+  max_ms: float | None = None
+  runs: int = 0
+  status: str = "ok"                   # ok, does not fit, failed: ...
+
+
+def memory_budget_bytes(fraction: float = 0.8) -> int:
+  """What a case may use: a fraction of the memory available now."""
+  return int(psutil.virtual_memory().available * fraction)
+
+
+def measure(fn, args, *, repeats: int, seconds: float, budget_bytes: int) -> Measurement:
+  """Compiles fn(*args), checks its memory against the budget, then times it.
+
+  Runs once to warm up, then up to `repeats` times while the total stays under `seconds`
+  (at least once): slow cases get fewer repeats rather than an endless benchmark.
+  """
+  result = Measurement()
+  started = time.perf_counter()
+  try:
+    compiled = jax.jit(fn).lower(*args).compile()
+  except Exception as error:  # a case that cannot compile is reported, the rest go on
+    return dataclasses.replace(result, status=f"failed: {type(error).__name__}")
+  result.compile_seconds = time.perf_counter() - started
+  memory = compiled.memory_analysis()
+  if memory is not None:
+    needed = memory.temp_size_in_bytes + memory.argument_size_in_bytes
+    result.memory_mib = needed / 2**20
+    if needed > budget_bytes:
+      result.status = f"does not fit ({needed / 2**30:.1f} GiB > {budget_bytes / 2**30:.1f} GiB)"
+      return result
+  try:
+    first = _time_once(compiled, args)
+    times = [_time_once(compiled, args) for _ in range(max(1, min(repeats, int(seconds / first))))]
+  except Exception as error:  # e.g. an allocation the analysis did not foresee
+    return dataclasses.replace(result, status=f"failed: {type(error).__name__}")
+  return dataclasses.replace(result, median_ms=statistics.median(times), min_ms=min(times),
+                             max_ms=max(times), runs=len(times))
+
+
+def _time_once(compiled, args) -> float:
+  started = time.perf_counter()
+  jax.block_until_ready(compiled(*args))
+  return 1e3 * (time.perf_counter() - started)
+
+
+def matmul_peak_gflops(dtype=jnp.float32, size: int = 2048, repeats: int = 10) -> float:
+  """The machine's matmul throughput in this process: the best of `repeats` n³ products."""
+  a = jax.random.normal(jax.random.key(0), (size, size), dtype)
+  matmul = jax.jit(lambda a, b: a @ b).lower(a, a).compile()
+  jax.block_until_ready(matmul(a, a))
+  best = min(_time_once(matmul, (a, a)) for _ in range(repeats))
+  return 2 * size**3 / best / 1e6

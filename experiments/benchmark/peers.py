@@ -1,0 +1,69 @@
+"""Functions timed beside the variants: JAX's own attention, and PyTorch's when installed.
+
+PyTorch is optional (`pip install -r requirements-bench.txt`): its CPU flash kernel is the
+fastest CPU attention we know of, so it is the bar `chunked` is held to.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import statistics
+import time
+
+import jax
+import numpy as np
+
+from experiments.benchmark.measure import Measurement
+
+
+def jax_attention(implementation: str):
+  def attend(q, k, v, is_causal=False):
+    return jax.nn.dot_product_attention(q, k, v, is_causal=is_causal,
+                                        implementation=implementation)
+  return attend
+
+
+def baselines() -> dict:
+  """`jax` (XLA) everywhere, and `jax-cudnn` where a GPU is present."""
+  found = {"jax": jax_attention("xla")}
+  if jax.default_backend() == "gpu":
+    found["jax-cudnn"] = jax_attention("cudnn")
+  return found
+
+
+def torch_available() -> bool:
+  return importlib.util.find_spec("torch") is not None
+
+
+def time_torch(shape, dtype: str, is_causal: bool, backward: bool, *, repeats: int,
+               seconds: float) -> Measurement:
+  """torch.nn.functional.scaled_dot_product_attention on [B, N, T, H] tensors."""
+  import torch  # optional dependency, imported only when asked for
+  B, T, N, H = shape
+  torch_dtype = getattr(torch, dtype)
+  q, k, v = (torch.randn(B, N, T, H, dtype=torch_dtype, requires_grad=backward)
+             for _ in range(3))
+
+  def run():
+    out = torch.nn.functional.scaled_dot_product_attention(q, k, v, is_causal=is_causal)
+    if backward:
+      (out.float() ** 2).sum().backward()
+
+  def once():
+    started = time.perf_counter()
+    run()
+    return 1e3 * (time.perf_counter() - started)
+
+  first = once()
+  times = [once() for _ in range(max(1, min(repeats, int(seconds / first))))]
+  return Measurement(median_ms=statistics.median(times), min_ms=min(times), max_ms=max(times),
+                     runs=len(times))
+
+
+def torch_version() -> str:
+  import torch
+  return torch.__version__
+
+
+def dtype_name(dtype) -> str:
+  return np.dtype(dtype).name

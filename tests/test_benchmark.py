@@ -1,0 +1,72 @@
+"""The benchmark and paper-table commands end to end on tiny sizes (no timing asserted)."""
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+from configs.bench import tiny
+from configs.paper import lra_efficiency, rabe_staats
+from experiments import benchmark
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def _rows(workdir):
+  with open(os.path.join(workdir, "results.json"), encoding="utf-8") as f:
+    return json.load(f)["rows"]
+
+
+def test_attention_benchmark_writes_table_csv_json_and_plots(tmp_path):
+  config = tiny.get_config().unlock()
+  config.lengths, config.modes, config.torch = (16, 24), ("forward", "forward_backward"), False
+  table = benchmark.run(config, str(tmp_path))
+  rows = _rows(tmp_path)
+  # jax + 4 variants, at 2 lengths x 2 causal settings x 2 modes
+  assert len(rows) == 5 * 2 * 2 * 2
+  assert all(r["status"] == "ok" and r["median_ms"] > 0 for r in rows)
+  assert table.count("\n| ") == len(rows) + 1  # header, separator and one line per row
+  assert {f for f in os.listdir(tmp_path) if f.endswith(".png")} == {
+      "forward_bidirectional.png", "forward_causal.png", "forward_backward_bidirectional.png",
+      "forward_backward_causal.png"}
+  assert os.path.getsize(tmp_path / "results.csv") > 0
+
+
+def test_lengths_that_do_not_fit_are_reported_not_run(tmp_path):
+  config = tiny.get_config().unlock()
+  config.lengths, config.causal, config.modes, config.torch = (16,), (False,), ("forward",), False
+  config.memory_fraction = 1e-12
+  benchmark.run(config, str(tmp_path))
+  rows = _rows(tmp_path)
+  assert rows and all(r["status"].startswith("does not fit") and r["median_ms"] is None
+                      for r in rows)
+
+
+def test_rabe_staats_table(tmp_path):
+  config = rabe_staats.get_config().unlock()
+  config.min_log2, config.max_log2, config.max_timed_length, config.head_dim = 4, 6, 32, 8
+  config.repeats = 1
+  table = benchmark.run(config, str(tmp_path))
+  rows = _rows(tmp_path)
+  assert [r["n"] for r in rows] == [16, 32, 64]
+  assert rows[0]["inference_speed"] is not None and rows[-1]["inference_speed"] is None
+  assert all(r["efficient_differentiation_mib"] > 0 for r in rows)
+  assert "| 2^6 |" in table
+
+
+def test_lra_efficiency_table(tmp_path):
+  config = lra_efficiency.get_config().unlock()
+  config.lengths, config.repeats, config.variants = (32, 48), 1, ("softmax", "linear")
+  config.model.d_model, config.model.d_ff, config.model.num_encoder_layers = 16, 32, 1
+  table = benchmark.run(config, str(tmp_path))
+  rows = _rows(tmp_path)
+  assert len(rows) == 2 * len(config.variants) and all(r["steps_per_second"] for r in rows)
+  assert table.count("\n| ") == len(config.variants) + 1
+
+
+def test_bench_needs_a_config(tmp_path):
+  result = subprocess.run([sys.executable, "launch.py", "bench"], cwd=REPO, capture_output=True,
+                          text=True, timeout=120)
+  assert result.returncode != 0 and "--config and --workdir are required" in result.stderr
