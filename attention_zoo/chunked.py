@@ -23,7 +23,7 @@ import numpy as np
 from attention_zoo import masking, validation
 
 NAME = "chunked"
-# Measured on the 2-core CPU (T=4096, 8 heads, head dim 64; `python launch.py bench --config configs/bench/attention.py`):
+# Measured on the 2-core CPU (T=4096, 8 heads, head dim 64; `python launch.py bench`):
 # 512 x 256 blocks match 512 x 512 forward (119 ms, ~2/3 of the matmul peak) and are the
 # fastest forward+backward (660 ms; causal 358 ms); 1024-row and 256 x 256 blocks are
 # 10-60% slower. A 512 x 256 float32 logit block per head (512 KiB) stays in L2 cache.
@@ -134,16 +134,44 @@ class _Plan:
       i_hi = jnp.minimum(i_hi, j_last + self.window[0] + 1)
     return _block_range(i_lo, i_hi, self.bq, empty=j_first > j_last)
 
-  def block_logits(self, q_blk, k_blk, bias, mask, qb, kb, q_len, kv_len):
-    """Scaled (and biased) float32 logits of one block and the allowed pairs (or None)."""
+  def block_logits(self, q_blk, k_blk, bias, mask, qb, kb, q_len, kv_len, masked=True):
+    """Scaled (and biased) float32 logits of one block and, if `masked`, its allowed pairs
+    (None when the block needs no mask)."""
     s = jnp.einsum("bkgqh,bksh->bkgqs", q_blk, k_blk,
                    preferred_element_type=jnp.float32) * self.scale
     if bias is not None:
       s = s + self._block(bias, qb, kb).astype(jnp.float32)
+    if not masked:
+      return s, None
     ok = masking.allowed(qb * self.bq + jnp.arange(self.bq), kb * self.bk + jnp.arange(self.bk),
                          mask=self._block(mask, qb, kb), is_causal=self.is_causal,
                          window=self.window, q_len=q_len, kv_len=kv_len)
     return s, ok
+
+  def per_block(self, body, mask, q_len, kv_len):
+    """body(masked, block, carry) -> carry, run with the mask built only on the blocks
+    that straddle the diagonal, the window's edge or the padding: a block that every
+    rule allows whole (most blocks, once sequences are long) skips building and applying
+    it. A dense mask argument can forbid any pair, so it is applied on every block."""
+    if mask is not None:
+      return functools.partial(body, True)
+    if not (self.is_causal or self.window is not None or q_len is not None
+            or kv_len is not None):
+      return functools.partial(body, False)
+    q_min = self.nq * self.bq if q_len is None else jnp.min(q_len)
+    kv_min = self.nk * self.bk if kv_len is None else jnp.min(kv_len)
+
+    def run(qb, kb, carry):
+      i_first, j_first = qb * self.bq, kb * self.bk
+      i_last, j_last = i_first + self.bq - 1, j_first + self.bk - 1
+      partial = (i_last >= q_min) | (j_last >= kv_min)
+      if self.is_causal:
+        partial |= j_last > i_first
+      if self.window is not None:
+        partial |= (j_first < i_last - self.window[0]) | (j_last > i_first + self.window[1])
+      return jax.lax.cond(partial, functools.partial(body, True),
+                          functools.partial(body, False), qb, kb, carry)
+    return run
 
   def _block(self, x, qb, kb):
     if x is None:
@@ -174,9 +202,9 @@ def _forward(plan, q, k, v, bias, mask, q_len, kv_len):
   def query_block(_, xs):
     qb, q_blk = xs
 
-    def step(kb, carry):
+    def update(masked, qb, kb, carry):
       row_max, row_sum, acc = carry
-      s, ok = plan.block_logits(q_blk, k[kb], bias, mask, qb, kb, q_len, kv_len)
+      s, ok = plan.block_logits(q_blk, k[kb], bias, mask, qb, kb, q_len, kv_len, masked)
       if ok is not None:
         s = jnp.where(ok, s, -jnp.inf)
       new_max = jnp.maximum(row_max, s.max(axis=-1))
@@ -189,7 +217,9 @@ def _forward(plan, q, k, v, bias, mask, q_len, kv_len):
 
     init = (jnp.full(rows, -jnp.inf, jnp.float32), jnp.zeros(rows, jnp.float32),
             jnp.zeros(q_blk.shape, jnp.float32))
-    row_max, row_sum, acc = jax.lax.fori_loop(*plan.key_blocks(qb, q_max, kv_max), step, init)
+    step = plan.per_block(update, mask, q_len, kv_len)
+    row_max, row_sum, acc = jax.lax.fori_loop(*plan.key_blocks(qb, q_max, kv_max),
+                                              lambda kb, carry: step(qb, kb, carry), init)
     out = acc / jnp.where(row_sum > 0, row_sum, 1.0)[..., None]
     lse = jnp.where(row_sum > 0, row_max + jnp.log(row_sum), jnp.inf)
     return None, (out.astype(q.dtype), lse)
@@ -206,10 +236,10 @@ def _backward(plan, residuals, dout):
   def key_block(carry, xs):
     kb, k_blk, v_blk = xs
 
-    def step(qb, carry):
+    def update(masked, qb, kb, carry):
       dk, dv, dq, dbias = carry
       q_blk, do = q[qb], dout[qb]
-      s, ok = plan.block_logits(q_blk, k_blk, bias, mask, qb, kb, q_len, kv_len)
+      s, ok = plan.block_logits(q_blk, k_blk, bias, mask, qb, kb, q_len, kv_len, masked)
       p = jnp.exp(s - lse[qb][..., None])
       if ok is not None:
         p = jnp.where(ok, p, 0.0)
@@ -227,7 +257,9 @@ def _backward(plan, residuals, dout):
 
     dq, dbias = carry
     zeros = jnp.zeros(k_blk.shape, jnp.float32)
-    dk, dv, dq, dbias = jax.lax.fori_loop(*plan.query_blocks(kb, q_max, kv_max), step,
+    step = plan.per_block(update, mask, q_len, kv_len)
+    dk, dv, dq, dbias = jax.lax.fori_loop(*plan.query_blocks(kb, q_max, kv_max),
+                                          lambda qb, carry: step(qb, kb, carry),
                                           (zeros, zeros, dq, dbias))
     return (dq, dbias), (dk * plan.scale, dv)
 

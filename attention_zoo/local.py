@@ -11,7 +11,8 @@ from attention_zoo import chunked, validation
 
 NAME = "local"
 # Measured at T=8192, windows (128, 128) and causal (256, 0), forward+backward: 64-row
-# blocks 182 ms, 128 rows 200-250 ms, 256 rows 230-320 ms (`python launch.py bench --config configs/bench/attention.py`).
+# blocks 182 ms, 128 rows 200-250 ms, 256 rows 230-320 ms (`python launch.py bench`
+# with configs/bench/attention.py and --config.variants=local:block_size=...).
 DEFAULT_BLOCK_SIZE = 64
 
 

@@ -170,7 +170,7 @@ def train_and_evaluate(config, workdir: str) -> dict:
         logged.update(learning_rate=float(learning_rate_schedule(config.optimizer,
                                                                  config.num_train_steps)(step)),
                       steps_per_second=len(pending) / seconds, tokens_per_second=tokens / seconds,
-                      process_peak_rss_mib=resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+                      process_peak_rss_mib=_peak_rss_mib(),
                       **(run_info if step - len(pending) == start else {}))
         writer.write(step, logged)
         progress.set_postfix(loss=f"{logged['train_loss']:.3f}",
@@ -197,6 +197,11 @@ def train_and_evaluate(config, workdir: str) -> dict:
   with open(os.path.join(workdir, "final_metrics.json"), "w", encoding="utf-8") as f:
     json.dump(final, f, indent=2)
   return final
+
+
+def _peak_rss_mib() -> float:
+  """The whole process's peak resident memory so far (Linux reports KiB)."""
+  return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
 def _check_finite(state) -> None:

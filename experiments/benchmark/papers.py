@@ -127,8 +127,9 @@ def _lra_train_step(config, name, options, length):
 
 def _lra_table(rows, config) -> str:
   by = {(r["variant"], r["length"]): r for r in rows}
-  lines = [f"Train step of a {config.model.num_encoder_layers}-layer encoder (d={config.model.d_model}, "
-           f"{config.model.num_heads} heads, MLP {config.model.d_ff}), batch {config.batch_size}, "
+  m = config.model
+  lines = [f"Train step of a {m.num_encoder_layers}-layer encoder (d={m.d_model}, "
+           f"{m.num_heads} heads, MLP {m.d_ff}), batch {config.batch_size}, "
            f"on {jax.devices()[0].device_kind}; relative to softmax at the same length. "
            "Paper: batch 32 on TPU V3.", "",
            "| variant | " + " | ".join(f"{_k(L)} steps/s (paper)" for L in config.lengths)

@@ -68,7 +68,8 @@ class _SyntheticTask(tfds.core.GeneratorBasedBuilder):
     rng = np.random.default_rng((self.builder_config.seed, SPLIT_SEEDS[split]))
     for index in range(count):
       inputs, targets = self.example(rng, int(rng.integers(min_length, max_length + 1)))
-      yield index, {"inputs": np.asarray(inputs, np.int32), "targets": np.asarray(targets, np.int32)}
+      yield index, {"inputs": np.asarray(inputs, np.int32),
+                    "targets": np.asarray(targets, np.int32)}
 
   def symbols(self, rng, length):
     return rng.integers(0, self.builder_config.vocab_size, size=length)
