@@ -2,8 +2,9 @@
 
     python launch.py --config configs/addition.py --workdir runs/addition
 
-Expected on the 2-core CPU: ~8 minutes for 4,000 steps with softmax (d=128, 2+2
-layers, batch 32). See the README for measured runs.
+Expected on the 2-core CPU: ~2 minutes for 4,000 steps with softmax (d=128, 2+2
+layers, batch 32). Measured: 93 s; exact-sequence accuracy 0.931 on test (token accuracy
+0.988), 0.000 on test_long (operands of 9-12 digits).
 """
 
 from configs import base

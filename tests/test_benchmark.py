@@ -70,3 +70,10 @@ def test_bench_needs_a_config(tmp_path):
   result = subprocess.run([sys.executable, "launch.py", "bench"], cwd=REPO, capture_output=True,
                           text=True, timeout=120)
   assert result.returncode != 0 and "--config and --workdir are required" in result.stderr
+
+
+def test_repeats_shrink_only_for_slow_cases():
+  from experiments.benchmark.measure import timed_runs
+  assert timed_runs(first_ms=10.0, repeats=5, seconds=20.0) == 5
+  assert timed_runs(first_ms=8000.0, repeats=5, seconds=20.0) == 2
+  assert timed_runs(first_ms=60000.0, repeats=5, seconds=20.0) == 1

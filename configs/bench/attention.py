@@ -2,8 +2,9 @@
 
     python launch.py bench --config configs/bench/attention.py --workdir runs/bench
 
-Expected on the 2-core CPU: ~15 minutes (JAX's own attention dominates: 13 s per
-forward+backward at T=8192). Writes table.md, results.csv/json and PNG plots to the workdir.
+Expected on the 2-core CPU: ~5 minutes (measured 270 s; JAX's own attention dominates, at
+13 s per forward+backward at T=8192). Writes table.md, results.csv/json and PNG plots to
+the workdir; the README holds the measured table.
 """
 
 import ml_collections

@@ -10,7 +10,8 @@ Published: Transformer 8.1 / 4.9 / 2.3 / 1.4 steps/s and 0.85 / 2.65 / 5.51 / 9.
 
     python launch.py bench --config configs/paper/lra_efficiency.py --workdir runs/lra_efficiency
 
-Expected on the 2-core CPU: ~10 minutes.
+Expected on the 2-core CPU: ~3 minutes (measured 184 s). Measured at 4K: local 10.8x,
+linear 12.2x, Performer 9.8x the softmax Transformer's steps/s, in 0.21-0.28x its memory.
 """
 
 import ml_collections

@@ -8,8 +8,10 @@ Published, at n = 2^14 on one TPUv3 in bf16: inference 1 GB vs 17 MB, differenti
 
     python launch.py bench --config configs/paper/rabe_staats.py --workdir runs/rabe_staats
 
-Expected on the 2-core CPU: ~5 minutes (memory of every n is read from compiled programs;
-only n <= max_timed_length is run). float32, since bf16 matmuls are slower on this CPU.
+Expected on the 2-core CPU: ~1 minute (measured 70 s: memory of every n is read from
+compiled programs; only n <= max_timed_length is run). float32, since bf16 matmuls are
+slower on this CPU. Measured at 2^14: 13 MiB inference, 21 MiB differentiation (154x and
+240x less than standard), and chunked 2.5x / 9x faster than standard, not slower.
 """
 
 import ml_collections

@@ -93,7 +93,8 @@ def summary_table(rows: list[dict]) -> str:
             else r["status"])
     fmt = lambda x, f: "—" if x is None else format(x, f)
     lines.append(f"| {r['variant']} | {r['length']} | {r['causal']} | {r['mode']} | {time} | "
-                 f"{fmt(r['speedup_vs_jax'], '.2f')}x | {fmt(r['gflops'], '.0f')} | "
+                 f"{fmt(r['speedup_vs_jax'], '.2f')}{'x' if r['speedup_vs_jax'] else ''} | "
+                 f"{fmt(r['gflops'], '.0f')} | "
                  f"{fmt(r['peak_fraction'] and 100 * r['peak_fraction'], '.0f')} | "
                  f"{fmt(r['memory_mib'], ',.1f')} | {fmt(r['compile_seconds'], '.2f')} |")
   return "\n".join(lines)

@@ -52,11 +52,16 @@ def measure(fn, args, *, repeats: int, seconds: float, budget_bytes: int) -> Mea
       return result
   try:
     first = _time_once(compiled, args)
-    times = [_time_once(compiled, args) for _ in range(max(1, min(repeats, int(seconds / first))))]
+    times = [_time_once(compiled, args) for _ in range(timed_runs(first, repeats, seconds))]
   except Exception as error:  # e.g. an allocation the analysis did not foresee
     return dataclasses.replace(result, status=f"failed: {type(error).__name__}")
   return dataclasses.replace(result, median_ms=statistics.median(times), min_ms=min(times),
                              max_ms=max(times), runs=len(times))
+
+
+def timed_runs(first_ms: float, repeats: int, seconds: float) -> int:
+  """`repeats`, or fewer (at least one) if they would take longer than `seconds`."""
+  return max(1, min(repeats, int(1e3 * seconds / first_ms)))
 
 
 def _time_once(compiled, args) -> float:

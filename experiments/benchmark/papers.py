@@ -68,7 +68,8 @@ def _rabe_staats_table(rows, config) -> str:
   speed = lambda v: "—" if v is None else f"{100 * v:+.0f}%"
   lines = [f"Memory overhead (XLA temporaries) and relative speed of chunked vs standard "
            f"attention; ours: {config.dtype}, head dim {config.head_dim}, one head, "
-           f"{jax.devices()[0].device_kind}; paper: bf16 on one TPUv3.", "",
+           f"{jax.devices()[0].device_kind}; paper: bf16 on one TPUv3. Speed: how much faster "
+           "chunked runs than standard (negative: slower).", "",
            "| n | inference: standard | chunked | ratio (paper) | differentiation: standard | "
            "chunked | ratio (paper) | speed, inference (paper) | speed, differentiation (paper) |",
            "|---|---|---|---|---|---|---|---|---|"]

@@ -13,7 +13,7 @@ import time
 import jax
 import numpy as np
 
-from experiments.benchmark.measure import Measurement
+from experiments.benchmark.measure import Measurement, timed_runs
 
 
 def jax_attention(implementation: str):
@@ -55,7 +55,7 @@ def time_torch(shape, dtype: str, is_causal: bool, backward: bool, *, repeats: i
     return 1e3 * (time.perf_counter() - started)
 
   first = once()
-  times = [once() for _ in range(max(1, min(repeats, int(seconds / first))))]
+  times = [once() for _ in range(timed_runs(first, repeats, seconds))]
   return Measurement(median_ms=statistics.median(times), min_ms=min(times), max_ms=max(times),
                      runs=len(times))
 
