@@ -8,17 +8,7 @@ import jax.numpy as jnp
 from flax import nnx
 
 import attention_zoo
-from attention_zoo import decoding
-
-
-@functools.lru_cache(maxsize=None)
-def _attention(name: str, options: tuple):
-  """One jitted function per (variant, options), shared by every layer that uses them."""
-  return attention_zoo.get(name, **dict(options))
-
-
-def _hashable(options: dict) -> tuple:
-  return tuple(sorted((k, tuple(v) if isinstance(v, list) else v) for k, v in options.items()))
+from attention_zoo import decoding, registry
 
 
 class MultiHeadAttention(nnx.Module):
@@ -32,8 +22,8 @@ class MultiHeadAttention(nnx.Module):
   def __init__(self, features: int, num_heads: int, *, attention: str = "softmax",
                options: dict | None = None, num_kv_heads: int | None = None,
                head_dim: int | None = None, rngs: nnx.Rngs):
-    self.attention, self.options = attention, _hashable(options or {})
-    _attention(attention, self.options)  # an unknown name or option fails here, at build
+    self.attention, self.options = attention, registry.frozen(options or {})
+    attention_zoo.get(attention, **dict(self.options))  # a bad name or option fails at build
     self.num_heads, self.num_kv_heads = num_heads, num_kv_heads or num_heads
     self.head_dim = head_dim or features // num_heads
     if features % num_heads and head_dim is None:
@@ -52,7 +42,7 @@ class MultiHeadAttention(nnx.Module):
                context_lengths=None):
     """x [B, T, D] (and context [B, S, D]) -> [B, T, D]; lengths are int32 [B] padding."""
     context = x if context is None else context
-    attend = _attention(self.attention, self.options)
+    attend = attention_zoo.get(self.attention, **dict(self.options))
     out = attend(self.query(x), self.key(context), self.value(context), is_causal=is_causal,
                  query_seq_lengths=query_lengths, key_value_seq_lengths=context_lengths)
     return self.out(out)

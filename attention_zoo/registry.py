@@ -42,12 +42,24 @@ def options(name: str) -> dict[str, object]:
           if p.kind is p.KEYWORD_ONLY and p.name not in CALL_ARGUMENTS}
 
 
+def frozen(options: dict) -> tuple:
+  """Options as a sorted tuple of (name, value) pairs, lists made tuples: hashable."""
+  return tuple(sorted((k, tuple(v) if isinstance(v, list) else v) for k, v in options.items()))
+
+
 def get(name: str, **bound) -> "Attention":
   """The variant `name` as a jitted function with `bound` options fixed, like a partial.
 
   `bound` may hold the variant's options (see `options(name)`) and the static call
-  arguments `scale`, `is_causal`, `local_window_size`.
+  arguments `scale`, `is_causal`, `local_window_size`. The same name and options give the
+  same function, so looking one up inside a loop or a traced step never recompiles.
   """
+  return _get(name, frozen(bound))
+
+
+@functools.lru_cache(maxsize=None)
+def _get(name: str, bound: tuple) -> "Attention":
+  bound = dict(bound)
   variant = _lookup(name)
   own = options(name)
   allowed = list(own) + list(STATIC_ARGUMENTS)

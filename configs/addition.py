@@ -11,10 +11,6 @@ from configs import base
 
 
 def get_config():
-  c = base.get_config()
-  c.data.task = "addition"
-  c.data.min_length = 1
-  c.data.max_length = 8
-  c.data.long_max_length = 12
+  c = base.for_task("addition", min_length=1, max_length=8, long_max_length=12).unlock()
   c.num_train_steps = 4_000
   return c.lock()

@@ -18,6 +18,14 @@ def variant_options() -> ml_collections.ConfigDict:
   return ml_collections.ConfigDict(options)
 
 
+def for_task(task: str, **data) -> ml_collections.ConfigDict:
+  """The defaults with `config.data.task` (and any `data` fields) set, locked."""
+  c = get_config()
+  c.data.task = task
+  c.data.update(data)
+  return c.lock()
+
+
 def get_config() -> ml_collections.ConfigDict:
   c = ml_collections.ConfigDict()
   c.seed = 0                        # parameters, dropout and data order

@@ -13,4 +13,4 @@ from configs import base
 
 
 def get_config():
-  return base.get_config().lock()
+  return base.for_task("copy")

@@ -11,6 +11,4 @@ from configs import base
 
 
 def get_config():
-  c = base.get_config()
-  c.data.task = "reverse"
-  return c.lock()
+  return base.for_task("reverse")

@@ -14,8 +14,5 @@ from configs import base
 
 
 def get_config():
-  c = base.get_config()
-  c.data.task = "text"
-  c.data.tfds_name = "zoo_tiny_text_pairs"
-  c.data.input_key, c.data.target_key = "en", "pig"
-  return c.lock()
+  return base.for_task("text", tfds_name="zoo_tiny_text_pairs", input_key="en",
+                       target_key="pig")

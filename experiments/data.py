@@ -41,6 +41,7 @@ def load_task(cfg) -> Task:
     if config.name in builder_cls.builder_configs:  # TFDS refuses a same-named custom config
       config = config.name
     builder = builder_cls(config=config, data_dir=data_dir, file_format="array_record")
+    builder.download_and_prepare()
     short, long = builder_cls.max_lengths(cfg.max_length), builder_cls.max_lengths(
         cfg.long_max_length)
     lengths = {s: (short[0], short[1] + 1) for s in ("train", "validation", "test")}
@@ -55,7 +56,6 @@ def load_task(cfg) -> Task:
     vocab = text_pairs.VOCAB_SIZE
     to_symbols = lambda e: tuple(np.frombuffer(e[k], np.uint8) for k in
                                  (cfg.input_key, cfg.target_key))
-  builder.download_and_prepare()
   sources = {split: builder.as_data_source(split=split) for split in lengths}
   return Task(cfg.task, vocab + RESERVED, sources, lengths, to_symbols)
 

@@ -22,6 +22,7 @@ import optax
 import tqdm
 from flax import nnx
 
+from attention_zoo import registry
 from experiments import checks, checkpoints, data, decode, metrics
 from experiments.model import Transformer, TransformerConfig
 
@@ -30,9 +31,7 @@ def model_config(config, vocab_size: int) -> TransformerConfig:
   """The typed model config: model code never reads a ConfigDict."""
   m = config.model
   used = {m.attention, m.cross_attention or m.attention}
-  options = tuple((name, tuple(sorted((k, tuple(v) if isinstance(v, list) else v)
-                                      for k, v in m.options[name].items())))
-                  for name in sorted(used))
+  options = tuple((name, registry.frozen(m.options[name])) for name in sorted(used))
   return TransformerConfig(
       vocab_size=vocab_size, d_model=m.d_model, num_heads=m.num_heads,
       num_kv_heads=m.num_kv_heads, d_ff=m.d_ff, num_encoder_layers=m.num_encoder_layers,
@@ -52,10 +51,9 @@ def learning_rate_schedule(cfg, num_steps: int) -> optax.Schedule:
   return optax.join_schedules([warmup, decay], [cfg.warmup_steps])
 
 
-def optimizer(cfg, num_steps: int) -> optax.GradientTransformation:
+def optimizer(cfg, schedule: optax.Schedule) -> optax.GradientTransformation:
   return optax.chain(optax.clip_by_global_norm(cfg.grad_clip), optax.adamw(
-      learning_rate_schedule(cfg, num_steps), b1=cfg.b1, b2=cfg.b2,
-      weight_decay=cfg.weight_decay))
+      schedule, b1=cfg.b1, b2=cfg.b2, weight_decay=cfg.weight_decay))
 
 
 def token_metrics(logits, batch) -> dict:
@@ -132,7 +130,8 @@ def train_and_evaluate(config, workdir: str) -> dict:
   task = data.load_task(config.data)
   model = Transformer(model_config(config, task.vocab_size), rngs=nnx.Rngs(config.seed))
   graphdef, params = nnx.split(model)
-  tx = optimizer(config.optimizer, config.num_train_steps)
+  schedule = learning_rate_schedule(config.optimizer, config.num_train_steps)
+  tx = optimizer(config.optimizer, schedule)
   state = dict(step=jnp.zeros((), jnp.int32), params=params, opt_state=tx.init(params),
                nonfinite_step=jnp.full((), -1, jnp.int32))
   train_iter = iter(data.train_dataset(task, config.data, config.seed))
@@ -167,8 +166,7 @@ def train_and_evaluate(config, workdir: str) -> dict:
         seconds = time.perf_counter() - interval_start
         logged = {f"train_{k}": float(np.mean(v)) for k, v in
                   jax.tree.map(lambda *x: np.stack(x), *jax.device_get(pending)).items()}
-        logged.update(learning_rate=float(learning_rate_schedule(config.optimizer,
-                                                                 config.num_train_steps)(step)),
+        logged.update(learning_rate=float(schedule(step)),
                       steps_per_second=len(pending) / seconds, tokens_per_second=tokens / seconds,
                       process_peak_rss_mib=_peak_rss_mib(),
                       **(run_info if step - len(pending) == start else {}))

@@ -97,3 +97,23 @@ def test_the_configs_default_data_builds(data_dir):
     cfg.data_dir = str(data_dir)
   loaded = data.load_task(cfg)
   assert len(loaded.sources["train"]) == cfg.num_train
+
+
+def test_the_data_path_needs_no_tensorflow(tmp_path):
+  """Builds a task and reads a training batch in a fresh process: TensorFlow is never
+  imported (checked in sys.modules, so it holds whether or not TensorFlow is installed)."""
+  import os
+  import subprocess
+  import sys
+  repo = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+  code = (f"import sys; sys.path.insert(0, {repo!r})\n"
+          "from experiments import data\nfrom tests import tiny\n"
+          f"cfg = tiny.config(data_dir={str(tmp_path)!r}).data\n"
+          "task = data.load_task(cfg)\n"
+          "batch = next(iter(data.train_dataset(task, cfg, seed=0)))\n"
+          "assert batch['inputs'].shape == (cfg.batch_size, task.lengths['train'][0])\n"
+          "imported = {m.split('.')[0] for m, mod in sys.modules.items() if mod is not None}\n"
+          "assert 'tensorflow' not in imported, 'the data path imported tensorflow'\n")
+  result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                          timeout=300)
+  assert result.returncode == 0, result.stderr[-2000:]

@@ -12,6 +12,7 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 import numpy as np
+import optax
 from flax import nnx
 
 import attention_zoo
@@ -114,8 +115,7 @@ def _lra_train_step(config, name, options, length):
   model_cfg = train.model_config(ml_collections.ConfigDict({"model": c}), vocab_size=259)
   graphdef, params = nnx.split(Transformer(model_cfg, rngs=nnx.Rngs(0)))
   tx = train.optimizer(ml_collections.ConfigDict(dict(
-      learning_rate=1e-3, warmup_steps=1, decay="constant", weight_decay=0.0, b1=0.9, b2=0.98,
-      grad_clip=1.0)), 10)
+      weight_decay=0.0, b1=0.9, b2=0.98, grad_clip=1.0)), optax.constant_schedule(1e-3))
   B = config.batch_size
   state = dict(step=jnp.zeros((), jnp.int32), params=params, opt_state=tx.init(params),
                nonfinite_step=jnp.full((), -1, jnp.int32))
@@ -140,7 +140,8 @@ def _lra_table(rows, config) -> str:
     speed, memory = [], []
     for L in config.lengths:
       r, base = by[(spec, L)], by[("softmax", L)]
-      name = parse_variant(spec)[0] if spec != "linear:feature_map='favor'" else "favor"
+      name, options = parse_variant(spec)
+      name = options.get("feature_map") if options.get("feature_map") == "favor" else name
       if spec == "softmax":
         paper = LRA_SOFTMAX.get(L)
         speed.append(_cell(r["steps_per_second"], "{:.2f}", paper and f"{paper[0]}"))

@@ -11,7 +11,6 @@ import statistics
 import time
 
 import jax
-import numpy as np
 
 from experiments.benchmark.measure import Measurement, timed_runs
 
@@ -64,6 +63,3 @@ def torch_version() -> str:
   import torch
   return torch.__version__
 
-
-def dtype_name(dtype) -> str:
-  return np.dtype(dtype).name
