@@ -15,6 +15,12 @@ import attention_zoo
 from attention_zoo import linear, masking, validation
 
 
+# Variants that compute softmax in a way that needs the whole sequence (local: blocks of a
+# band, whose band the rolling cache already is; ring: a sequence split over devices): a
+# decoding step, one query, runs what they compute, softmax, over the cache.
+AS_SOFTMAX = ("local", "ring")
+
+
 def _kv_init(options, batch, max_length, kv_heads, head_dim, dtype):
   """Keys and values of every position so far (softmax, chunked)."""
   zeros = jnp.zeros((batch, max_length, kv_heads, head_dim), dtype)
@@ -44,7 +50,7 @@ def _cached_step(name, options, cache, query, key, value):
   # (which would compare the query's index 0 with the slots'), so both are unbound here.
   filled = jnp.full((query.shape[0],), jnp.minimum(i + 1, size), jnp.int32)
   options = {k: v for k, v in options.items() if k not in ("is_causal", "local_window_size")}
-  if name == "local":  # the window is the cache: plain softmax over its slots
+  if name in AS_SOFTMAX:  # see AS_SOFTMAX: plain softmax over the cache's slots
     name, options = "softmax", {k: v for k, v in options.items() if k == "scale"}
   attend = attention_zoo.get(name, **options)
   return attend(query, cache["key"], cache["value"], key_value_seq_lengths=filled), cache
@@ -66,6 +72,7 @@ DECODERS = {
     "chunked": (_kv_init, _cached_step),
     "local": (_window_init, _cached_step),
     "linear": (_recurrent_init, _recurrent_step),
+    "ring": (_kv_init, _cached_step),
 }
 
 
@@ -91,16 +98,18 @@ def attend_at(name, options, position, query, key, value, key_value_seq_lengths=
   """Non-causal attention (cross-attention) of queries standing at `position` + arange(T).
 
   Only a window depends on where the queries stand; for a windowed variant the window
-  is written out as a mask over softmax, the function the variant computes.
+  is written out as a mask over softmax, the function the variant computes. So is ring
+  attention's: a few decoding queries have no sequence to split over devices.
   """
   options = {**attention_zoo.options(name), **options}
   window = options.pop("local_window_size", None)
-  if window is None:
+  if window is None and name not in AS_SOFTMAX:
     return attention_zoo.get(name, **options)(query, key, value,
                                               key_value_seq_lengths=key_value_seq_lengths)
-  window = validation.normalize_window(name, window)
-  ok = masking.allowed(position + jnp.arange(query.shape[1]), jnp.arange(key.shape[1]),
-                       window=window)
+  mask = None
+  if window is not None:
+    window = validation.normalize_window(name, window)
+    mask = masking.allowed(position + jnp.arange(query.shape[1]), jnp.arange(key.shape[1]),
+                           window=window)[None, None]
   softmax = attention_zoo.get("softmax", **{k: v for k, v in options.items() if k == "scale"})
-  return softmax(query, key, value, mask=ok[None, None],
-                 key_value_seq_lengths=key_value_seq_lengths)
+  return softmax(query, key, value, mask=mask, key_value_seq_lengths=key_value_seq_lengths)

@@ -8,7 +8,7 @@ from typing import Callable, NamedTuple
 
 import jax
 
-from attention_zoo import chunked, linear, local, softmax, validation
+from attention_zoo import chunked, linear, local, ring, softmax, validation
 
 class Variant(NamedTuple):
   fn: Callable                                  # the attention function
@@ -20,6 +20,7 @@ VARIANTS: dict[str, Variant] = {
     chunked.NAME: Variant(chunked.chunked_attention, chunked.check_options),
     local.NAME: Variant(local.local_attention, local.check_options),
     linear.NAME: Variant(linear.linear_attention, linear.check_options),
+    ring.NAME: Variant(ring.ring_attention, ring.check_options),
 }
 
 # Keyword arguments of jax.nn.dot_product_attention that any variant may take.

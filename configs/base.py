@@ -62,13 +62,21 @@ def get_config() -> ml_collections.ConfigDict:
   c.model.dropout_rate = 0.0
 
   c.optimizer = ml_collections.ConfigDict()
+  c.optimizer.name = "adamw"        # adamw or radam
   c.optimizer.learning_rate = 1e-3  # peak, reached after warmup
   c.optimizer.warmup_steps = 100
-  c.optimizer.decay = "cosine"      # cosine (to 0 at the last step), rsqrt or constant
-  c.optimizer.weight_decay = 1e-4   # AdamW, decoupled
+  c.optimizer.decay = "cosine"      # cosine (to 0 at the last step), rsqrt, step or constant
+  c.optimizer.drop_at = 0           # step decay: the step at which the rate is multiplied...
+  c.optimizer.drop_factor = 0.1     # ... by this factor
+  c.optimizer.weight_decay = 1e-4   # decoupled (AdamW; RAdam: added to its update)
   c.optimizer.b1 = 0.9
   c.optimizer.b2 = 0.98
   c.optimizer.grad_clip = 1.0       # global norm
+
+  c.mesh = ml_collections.ConfigDict()  # devices per mesh axis (experiments/parallel.py)
+  c.mesh.data = -1                  # batch split; -1: every device the other axes leave
+  c.mesh.fsdp = 1                   # batch, parameters and optimizer state split
+  c.mesh.sequence = 1               # sequences split (ring attention only)
 
   c.num_train_steps = 2_000
   c.log_every = 50                  # train metrics to metrics.jsonl / TensorBoard
@@ -80,3 +88,24 @@ def get_config() -> ml_collections.ConfigDict:
   c.beam_size = 1                   # 1: greedy decoding; more: beam search
   c.progress_bar = True
   return c
+
+
+def sweep(base_config, axes, rows, columns=None, over="seed", metrics=(
+    "test_exact_accuracy", "test_loss"), curves=("train_loss",), x_axis=None, published=None,
+          parallel=1) -> ml_collections.ConfigDict:
+  """A sweep config (see experiments/sweeps): `base_config` run over the product of `axes`.
+
+  The table has a row per value of the `rows` axes, a column per value of `columns` (else
+  a column per metric), and aggregates over `over` (mean ± std); `curves` are plotted
+  against the step, and the metrics against `x_axis` (the columns axis, e.g. a length).
+  `published`: {source, metric, scale, values: {row: number}} printed beside ours.
+  """
+  c = ml_collections.ConfigDict()
+  c.base = base_config              # the experiment every run starts from
+  c.axes = tuple(axes)              # ((name, values), ...): see experiments/sweeps/grid.py
+  c.parallel = parallel             # runs at a time (each a process)
+  c.retry_failed = False            # re-launching retries runs recorded as failed
+  c.table = ml_collections.ConfigDict(dict(
+      rows=tuple(rows), columns=columns, over=over, metrics=tuple(metrics),
+      curves=tuple(curves), x_axis=x_axis, published=published))
+  return c.lock()

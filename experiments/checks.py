@@ -8,7 +8,8 @@ import attention_zoo
 from attention_zoo import decoding
 from experiments import tasks
 
-DECAYS = ("cosine", "rsqrt", "constant")
+DECAYS = ("cosine", "rsqrt", "step", "constant")
+OPTIMIZERS = ("adamw", "radam")
 
 
 def check_config(config) -> None:
@@ -29,7 +30,12 @@ def check_config(config) -> None:
   if data.task == "text" and not data.tfds_name:
     raise ValueError("config.data.task='text' needs config.data.tfds_name (a TFDS text-pair "
                      "dataset, e.g. wmt14_translate/de-en, or zoo_tiny_text_pairs)")
-  if data.task != "text" and not 1 <= data.min_length <= data.max_length < data.long_max_length:
+  if data.task == "listops" and not 1 <= data.min_length < data.max_length - 1:
+    raise ValueError(f"config.data: ListOps keeps lengths strictly between min_length and "
+                     f"max_length, so they need 1 <= min_length < max_length - 1, got "
+                     f"{data.min_length}, {data.max_length}")
+  if data.task in tasks.SYNTHETIC and not (
+      1 <= data.min_length <= data.max_length < data.long_max_length):
     raise ValueError(f"config.data lengths must satisfy 1 <= min_length <= max_length < "
                      f"long_max_length, got {data.min_length}, {data.max_length}, "
                      f"{data.long_max_length}")
@@ -45,6 +51,12 @@ def check_config(config) -> None:
                 "keep_checkpoints", "beam_size"):
     if config[field] <= 0:
       raise ValueError(f"config.{field} must be positive, got {config[field]}")
+  if config.optimizer.name not in OPTIMIZERS:
+    raise ValueError(f"config.optimizer.name={config.optimizer.name!r}; choose from {OPTIMIZERS}")
+  if config.optimizer.decay == "step" and not (
+      config.optimizer.warmup_steps <= config.optimizer.drop_at):
+    raise ValueError(f"config.optimizer.drop_at={config.optimizer.drop_at} must come after "
+                     f"warmup_steps={config.optimizer.warmup_steps}")
   if config.optimizer.decay not in DECAYS:
     raise ValueError(f"config.optimizer.decay={config.optimizer.decay!r}; choose from {DECAYS}")
   if model.d_model % model.num_heads:

@@ -16,7 +16,7 @@ import numpy as np
 import tensorflow_datasets as tfds
 
 from experiments import tasks
-from experiments.tasks import synthetic, text_pairs
+from experiments.tasks import listops, synthetic, text_pairs
 
 PAD, BOS, EOS = 0, 1, 2
 RESERVED = 3
@@ -36,17 +36,20 @@ def load_task(cfg) -> Task:
   data_dir = os.path.expanduser(cfg.data_dir)
   if cfg.task in tasks.SYNTHETIC:
     builder_cls = tasks.SYNTHETIC[cfg.task]
-    config = synthetic.config_for(cfg.vocab_size, cfg.min_length, cfg.max_length,
-                                  cfg.long_max_length, cfg.num_train, cfg.num_eval, cfg.data_seed)
-    if config.name in builder_cls.builder_configs:  # TFDS refuses a same-named custom config
-      config = config.name
-    builder = builder_cls(config=config, data_dir=data_dir, file_format="array_record")
-    builder.download_and_prepare()
+    builder = _prepare(builder_cls, synthetic.config_for(
+        cfg.vocab_size, cfg.min_length, cfg.max_length, cfg.long_max_length, cfg.num_train,
+        cfg.num_eval, cfg.data_seed), data_dir)
     short, long = builder_cls.max_lengths(cfg.max_length), builder_cls.max_lengths(
         cfg.long_max_length)
     lengths = {s: (short[0], short[1] + 1) for s in ("train", "validation", "test")}
     lengths["test_long"] = (long[0], long[1] + 1)
     vocab = builder_cls.vocab_size(builder.builder_config)
+    to_symbols = lambda e: (e["inputs"], e["targets"])
+  elif cfg.task == "listops":
+    builder = _prepare(listops.ZooListOps, listops.config_for(
+        cfg.min_length, cfg.max_length, cfg.num_train, cfg.num_eval, cfg.data_seed), data_dir)
+    lengths = {s: (cfg.max_length, 2) for s in ("train", "validation", "test")}
+    vocab = listops.ZooListOps.VOCAB_SIZE
     to_symbols = lambda e: (e["inputs"], e["targets"])
   else:  # text pairs, byte level
     builder = tfds.builder(cfg.tfds_name, data_dir=data_dir, file_format="array_record")
@@ -58,6 +61,14 @@ def load_task(cfg) -> Task:
                                  (cfg.input_key, cfg.target_key))
   sources = {split: builder.as_data_source(split=split) for split in lengths}
   return Task(cfg.task, vocab + RESERVED, sources, lengths, to_symbols)
+
+
+def _prepare(builder_cls, config, data_dir: str):
+  if config.name in builder_cls.builder_configs:  # TFDS refuses a same-named custom config
+    config = config.name
+  builder = builder_cls(config=config, data_dir=data_dir, file_format="array_record")
+  builder.download_and_prepare()
+  return builder
 
 
 def encode(task: Task, example, split: str, truncate: bool = False) -> dict:
@@ -77,11 +88,16 @@ def encode(task: Task, example, split: str, truncate: bool = False) -> dict:
               target_lengths=np.int32(len(targets) + 1))
 
 
-def train_dataset(task: Task, cfg, seed: int) -> grain.IterDataset:
-  """Shuffled anew each epoch from `seed`, endless, in batches; its iterator is checkpointable."""
-  return (grain.MapDataset.source(task.sources["train"]).shuffle(seed=seed).repeat()
-          .map(lambda e: encode(task, e, "train", cfg.truncate))
-          .batch(cfg.batch_size, drop_remainder=True).to_iter_dataset())
+def train_dataset(task: Task, cfg, seed: int, process: int = 0,
+                  processes: int = 1) -> grain.IterDataset:
+  """Shuffled anew each epoch from `seed`, endless, in batches; its iterator is checkpointable.
+
+  With several processes each reads its own shard of the examples (every `processes`-th,
+  from `process`) in batches of batch_size / processes: its rows of the global batch.
+  """
+  return (grain.MapDataset.source(task.sources["train"])[process::processes]
+          .shuffle(seed=seed).repeat().map(lambda e: encode(task, e, "train", cfg.truncate))
+          .batch(cfg.batch_size // processes, drop_remainder=True).to_iter_dataset())
 
 
 def eval_batches(task: Task, cfg, split: str, max_batches: int | None = None):

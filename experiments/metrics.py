@@ -10,8 +10,13 @@ from tensorboardX import SummaryWriter
 
 
 class MetricsWriter:
+  """Appends to metrics.jsonl and TensorBoard; with `enabled=False` (every process but the
+  first of a multi-host run) it writes nothing."""
 
-  def __init__(self, workdir: str, resumed_step: int):
+  def __init__(self, workdir: str, resumed_step: int, enabled: bool = True):
+    self.enabled = enabled
+    if not enabled:
+      return
     self.path = os.path.join(workdir, "metrics.jsonl")
     self._drop_after(resumed_step)  # steps after the checkpoint are about to be redone
     self.jsonl = open(self.path, "a", encoding="utf-8")
@@ -27,6 +32,8 @@ class MetricsWriter:
       f.writelines(kept)
 
   def write(self, step: int, metrics: dict) -> None:
+    if not self.enabled:
+      return
     record = {"step": int(step), **{k: _plain(v) for k, v in metrics.items()}}
     self.jsonl.write(json.dumps(record) + "\n")
     self.jsonl.flush()
@@ -36,6 +43,8 @@ class MetricsWriter:
     self.tensorboard.flush()
 
   def close(self) -> None:
+    if not self.enabled:
+      return
     self.jsonl.close()
     self.tensorboard.close()
 

@@ -23,7 +23,7 @@ import tqdm
 from flax import nnx
 
 from attention_zoo import registry
-from experiments import checks, checkpoints, data, decode, metrics
+from experiments import checks, checkpoints, data, decode, metrics, parallel
 from experiments.model import Transformer, TransformerConfig
 
 
@@ -46,14 +46,22 @@ def learning_rate_schedule(cfg, num_steps: int) -> optax.Schedule:
   elif cfg.decay == "rsqrt":
     decay = lambda s: cfg.learning_rate * jnp.sqrt(max(cfg.warmup_steps, 1) /
                                                    (s + max(cfg.warmup_steps, 1)))
+  elif cfg.decay == "step":
+    decay = optax.piecewise_constant_schedule(
+        cfg.learning_rate, {cfg.drop_at - cfg.warmup_steps: cfg.drop_factor})
   else:
     decay = optax.constant_schedule(cfg.learning_rate)
   return optax.join_schedules([warmup, decay], [cfg.warmup_steps])
 
 
 def optimizer(cfg, schedule: optax.Schedule) -> optax.GradientTransformation:
-  return optax.chain(optax.clip_by_global_norm(cfg.grad_clip), optax.adamw(
-      schedule, b1=cfg.b1, b2=cfg.b2, weight_decay=cfg.weight_decay))
+  if cfg.name == "radam":
+    update = optax.chain(optax.scale_by_radam(b1=cfg.b1, b2=cfg.b2),
+                         optax.add_decayed_weights(cfg.weight_decay),
+                         optax.scale_by_learning_rate(schedule))
+  else:
+    update = optax.adamw(schedule, b1=cfg.b1, b2=cfg.b2, weight_decay=cfg.weight_decay)
+  return optax.chain(optax.clip_by_global_norm(cfg.grad_clip), update)
 
 
 def token_metrics(logits, batch) -> dict:
@@ -103,17 +111,20 @@ class _Steps:
   train: object
   evaluate: object
   decode: object
+  batch_sharding: object
 
 
 def _evaluate(steps, params, task, cfg, split, max_batches=None, decoding=False) -> dict:
   totals = dict(loss_sum=0.0, correct=0, tokens=0, exact=0, sequences=0)
   for batch in data.eval_batches(task, cfg, split, max_batches):
-    sums = jax.device_get(steps.evaluate(params, batch))
+    on_devices = parallel.to_global(parallel.process_rows(batch), steps.batch_sharding)
+    sums = jax.device_get(steps.evaluate(params, on_devices))
     for k in ("loss_sum", "correct", "tokens"):
       totals[k] += float(sums[k])
     totals["sequences"] += int(np.sum(batch["target_lengths"] > 0))
     if decoding:
-      totals["exact"] += int(decode.exact_matches(steps.decode(params, batch), batch))
+      decoded = parallel.to_host(steps.decode(params, on_devices))
+      totals["exact"] += int(decode.exact_matches(decoded, batch))
   out = {f"{split}_loss": totals["loss_sum"] / max(totals["tokens"], 1),
          f"{split}_token_accuracy": totals["correct"] / max(totals["tokens"], 1)}
   if decoding:
@@ -122,45 +133,68 @@ def _evaluate(steps, params, task, cfg, split, max_batches=None, decoding=False)
 
 
 def train_and_evaluate(config, workdir: str) -> dict:
-  """Trains (resuming from workdir if it holds a checkpoint) and returns the final metrics."""
+  """Trains (resuming from workdir if it holds a checkpoint) and returns the final metrics.
+
+  Data-parallel over every device of every process (config.mesh, experiments/parallel.py).
+  """
   checks.check_config(config)
+  mesh = parallel.make_mesh(config.mesh)
+  parallel.check_batches(mesh, config)
+  with jax.set_mesh(mesh):  # ring attention finds its mesh axis here
+    return _train_and_evaluate(config, workdir, mesh)
+
+
+def _train_and_evaluate(config, workdir: str, mesh) -> dict:
+  first_process = jax.process_index() == 0  # the one that writes files besides checkpoints
   os.makedirs(workdir, exist_ok=True)
-  with open(os.path.join(workdir, "config.json"), "w", encoding="utf-8") as f:
-    f.write(config.to_json_best_effort(indent=2))
+  if first_process:
+    with open(os.path.join(workdir, "config.json"), "w", encoding="utf-8") as f:
+      f.write(config.to_json_best_effort(indent=2))
   task = data.load_task(config.data)
+  task = dataclasses.replace(task, lengths=parallel.split_lengths(task.lengths,
+                                                                 mesh.shape["sequence"]))
   model = Transformer(model_config(config, task.vocab_size), rngs=nnx.Rngs(config.seed))
   graphdef, params = nnx.split(model)
   schedule = learning_rate_schedule(config.optimizer, config.num_train_steps)
   tx = optimizer(config.optimizer, schedule)
   state = dict(step=jnp.zeros((), jnp.int32), params=params, opt_state=tx.init(params),
                nonfinite_step=jnp.full((), -1, jnp.int32))
-  train_iter = iter(data.train_dataset(task, config.data, config.seed))
+  state_sharding = parallel.state_shardings(mesh, state)
+  state = jax.device_put(state, state_sharding)
+  batch_sharding = parallel.batch_sharding(mesh)
+  train_iter = iter(data.train_dataset(task, config.data, config.seed, jax.process_index(),
+                                       jax.process_count()))
   ckpt = checkpoints.Checkpoints(workdir, config.checkpoint_every, config.keep_checkpoints)
   state, start = ckpt.restore(state, train_iter)
-  writer = metrics.MetricsWriter(workdir, start)
+  writer = metrics.MetricsWriter(workdir, start, enabled=first_process)
 
   dropout_key = jax.random.key(config.seed + 1)
-  first = next(train_iter)
+  local = next(train_iter)
   started = time.perf_counter()
   train = jax.jit(functools.partial(train_step, graphdef, tx, dropout_key),
-                  donate_argnums=0).lower(state, first).compile()
+                  in_shardings=(state_sharding, batch_sharding),
+                  out_shardings=(state_sharding, parallel.replicated(mesh)),
+                  donate_argnums=0).lower(state, parallel.to_global(local, batch_sharding)).compile()
   compile_seconds = time.perf_counter() - started
   steps = _Steps(train=train, evaluate=jax.jit(functools.partial(eval_step, graphdef)),
                  decode=jax.jit(functools.partial(decode.beam_search, graphdef,
-                                                  beam_size=config.beam_size)))
+                                                  beam_size=config.beam_size)),
+                 batch_sharding=batch_sharding)
   memory = train.memory_analysis()
-  run_info = dict(compile_seconds=compile_seconds, train_step_memory_mib=(
+  run_info = dict(compile_seconds=compile_seconds, devices=jax.device_count(), train_step_memory_mib=(
       (memory.temp_size_in_bytes + memory.argument_size_in_bytes) / 2**20 if memory else None))
 
-  pending, batch, tokens = [], first, 0
+  pending, tokens = [], 0
   interval_start = time.perf_counter()
   progress = tqdm.tqdm(total=config.num_train_steps, initial=start, desc=os.path.basename(
-      os.path.normpath(workdir)), disable=not config.progress_bar, dynamic_ncols=True)
+      os.path.normpath(workdir)), disable=not (config.progress_bar and first_process),
+                       dynamic_ncols=True)
   try:
     for step in range(start + 1, config.num_train_steps + 1):
-      state, step_metrics = steps.train(state, batch)
+      state, step_metrics = steps.train(state, parallel.to_global(local, batch_sharding))
       pending.append(step_metrics)
-      tokens += int(batch["input_lengths"].sum() + batch["target_lengths"].sum())
+      tokens += jax.process_count() * int(local["input_lengths"].sum() +
+                                          local["target_lengths"].sum())  # all processes
       if step % config.log_every == 0 or step == config.num_train_steps:
         _check_finite(state)
         seconds = time.perf_counter() - interval_start
@@ -182,7 +216,7 @@ def train_and_evaluate(config, workdir: str) -> dict:
       ckpt.save(step, state, train_iter, last=step == config.num_train_steps)
       progress.update(1)
       if step < config.num_train_steps:
-        batch = next(train_iter)
+        local = next(train_iter)
     final = {}
     for split in config.decode_splits:
       if split in task.sources:
@@ -192,8 +226,9 @@ def train_and_evaluate(config, workdir: str) -> dict:
     progress.close()
     ckpt.close()
     writer.close()
-  with open(os.path.join(workdir, "final_metrics.json"), "w", encoding="utf-8") as f:
-    json.dump(final, f, indent=2)
+  if first_process:
+    with open(os.path.join(workdir, "final_metrics.json"), "w", encoding="utf-8") as f:
+      json.dump(final, f, indent=2)
   return final
 
 

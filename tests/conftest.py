@@ -3,3 +3,21 @@ import sys
 
 # The tests import the project from the checkout, without installing it.
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+
+import jax  # pylint: disable=wrong-import-position
+import pytest  # pylint: disable=wrong-import-position
+
+
+@pytest.fixture(autouse=True)
+def _ring_mesh(request):
+  """Tests parameterized over every variant run `ring` under a one-device mesh with its
+  `sequence` axis (ring attention needs a mesh; tests/test_ring.py uses 2, 4 and 8 devices)."""
+  params = getattr(request.node, "callspec", None)
+  if params is None or "ring" not in params.params.values():
+    yield
+    return
+  mesh = jax.make_mesh((1,), ("sequence",), axis_types=(jax.sharding.AxisType.Auto,),
+                       devices=jax.devices()[:1])
+  with jax.set_mesh(mesh):
+    yield

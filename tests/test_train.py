@@ -17,8 +17,9 @@ from experiments import default_job, metrics, train
 from tests import tiny
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+# Timings, and what a (re)started process logs once (compile time, memory, device count).
 TIMING = {"steps_per_second", "tokens_per_second", "process_peak_rss_mib", "compile_seconds",
-          "train_step_memory_mib"}
+          "train_step_memory_mib", "devices"}
 
 
 @pytest.fixture(scope="module")
@@ -111,7 +112,12 @@ def test_nan_loss_stops_with_the_step(data_dir, tmp_path):
     ({"data.data_dir": "/proc/no/such/dir"}, r"is not a writable directory"),
     ({"data.max_length": 9}, r"max_length < long_max_length"),
     ({"model.num_kv_heads": 3}, r"num_heads=4 is not a multiple of num_kv_heads=3"),
-    ({"optimizer.decay": "linear"}, r"choose from \('cosine', 'rsqrt', 'constant'\)"),
+    ({"optimizer.decay": "linear"}, r"choose from \('cosine', 'rsqrt', 'step', 'constant'\)"),
+    ({"optimizer.name": "sgd"}, r"config.optimizer.name='sgd'; choose from \('adamw', 'radam'\)"),
+    ({"optimizer.decay": "step", "optimizer.drop_at": 5}, r"drop_at=5 must come after"),
+    ({"mesh.data": 2}, r"multiply to 2, but there are 1 devices"),
+    ({"mesh.data": -1, "mesh.fsdp": -1}, r"at most one axis may be -1"),
+    ({"mesh.fsdp": 0}, r"each size must be positive"),
 ])
 def test_bad_configs_fail_before_training(override, message, tmp_path):
   with pytest.raises(ValueError, match=message):

@@ -1,7 +1,8 @@
 """`python launch.py bench --config configs/bench/<name>.py --workdir runs/<name>`.
 
 config.kind picks the benchmark: `attention` (every variant against JAX, over a grid),
-`rabe_staats` or `lra_efficiency` (the published tables). Each writes results.json,
+`rabe_staats` or `lra_efficiency` (the published tables), `devices` (the training loop over
+1-8 devices). Each writes results.json,
 results.csv and table.md to the workdir (and PNG plots for `attention`), and prints the table.
 """
 
@@ -14,7 +15,7 @@ import platform
 
 import jax
 
-from experiments.benchmark import attention, papers, peers
+from experiments.benchmark import attention, devices, papers, peers
 
 
 def _attention(config):
@@ -23,7 +24,7 @@ def _attention(config):
 
 
 KINDS = {"attention": _attention, "rabe_staats": papers.rabe_staats,
-         "lra_efficiency": papers.lra_efficiency}
+         "lra_efficiency": papers.lra_efficiency, "devices": devices.run}
 
 
 def run(config, workdir: str) -> str:

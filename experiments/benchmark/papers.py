@@ -115,7 +115,8 @@ def _lra_train_step(config, name, options, length):
   model_cfg = train.model_config(ml_collections.ConfigDict({"model": c}), vocab_size=259)
   graphdef, params = nnx.split(Transformer(model_cfg, rngs=nnx.Rngs(0)))
   tx = train.optimizer(ml_collections.ConfigDict(dict(
-      weight_decay=0.0, b1=0.9, b2=0.98, grad_clip=1.0)), optax.constant_schedule(1e-3))
+      name="adamw", weight_decay=0.0, b1=0.9, b2=0.98, grad_clip=1.0)),
+                         optax.constant_schedule(1e-3))
   B = config.batch_size
   state = dict(step=jnp.zeros((), jnp.int32), params=params, opt_state=tx.init(params),
                nonfinite_step=jnp.full((), -1, jnp.int32))

@@ -16,14 +16,27 @@ SPLIT_SEEDS = {"train": 0, "validation": 1, "test": 2, "test_long": 3}
 
 
 @dataclasses.dataclass
-class SyntheticConfig(tfds.core.BuilderConfig):
-  vocab_size: int = 10
+class GeneratedConfig(tfds.core.BuilderConfig):
+  """What every generated task's data depends on (its name must encode all of it)."""
   min_length: int = 4
   max_length: int = 32
-  long_max_length: int = 64
   num_train: int = 20_000
   num_eval: int = 1_000
   seed: int = 0
+
+
+@dataclasses.dataclass
+class SyntheticConfig(GeneratedConfig):
+  vocab_size: int = 10
+  long_max_length: int = 64
+
+
+def sequence_pair_info(builder) -> tfds.core.DatasetInfo:
+  """Features of every generated task: int32 `inputs` and `targets` of any length."""
+  sequence = tfds.features.Tensor(shape=(None,), dtype=np.int32)
+  return tfds.core.DatasetInfo(builder=builder, description=builder.__doc__,
+                               features=tfds.features.FeaturesDict(
+                                   {"inputs": sequence, "targets": sequence}))
 
 
 def config_for(vocab_size, min_length, max_length, long_max_length, num_train, num_eval, seed):
@@ -51,10 +64,7 @@ class _SyntheticTask(tfds.core.GeneratorBasedBuilder):
     return max_length, max_length
 
   def _info(self):
-    sequence = tfds.features.Tensor(shape=(None,), dtype=np.int32)
-    return tfds.core.DatasetInfo(builder=self, description=self.__doc__,
-                                 features=tfds.features.FeaturesDict(
-                                     {"inputs": sequence, "targets": sequence}))
+    return sequence_pair_info(self)
 
   def _split_generators(self, dl_manager):
     c = self.builder_config

@@ -1,0 +1,105 @@
+"""A sweep's runs: the product of its axes, each run one experiment config in its own workdir.
+
+An axis is `(name, values)`:
+  ("seed", (0, 1, 2))                         a config field and its values, or
+  ("variant", {"Performer": {"model.attention": "linear",
+                             "model.options.linear.feature_map": "favor"}, ...})
+                                              labelled cases, each a dict of field overrides.
+A run's workdir is named from its labels, e.g. `attention=linear,seed=1`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import itertools
+import re
+
+import ml_collections
+
+from experiments import checks
+
+
+@dataclasses.dataclass(frozen=True)
+class Run:
+  name: str          # its workdir's basename
+  labels: dict       # axis name -> the label of this run's value on that axis
+  overrides: dict    # config field path -> value
+  config: ml_collections.ConfigDict
+
+
+def label(value) -> str:
+  """A value as it appears in a workdir name and a table: no spaces, slashes or commas."""
+  return re.sub(r"[^\w.+-]+", "-", str(value)).strip("-") or "-"
+
+
+def cases(sweep) -> dict[str, dict[str, dict]]:
+  """Each axis as {label: overrides}, in the sweep's order."""
+  out = {}
+  for axis in sweep.axes:
+    if len(axis) != 2 or not isinstance(axis[0], str):
+      raise ValueError(f"sweep.axes: each axis is (name, values), got {axis!r}")
+    name, values = axis
+    if name in out:
+      raise ValueError(f"sweep.axes: axis {name!r} appears twice")
+    if isinstance(values, dict):
+      out[name] = {label(k): dict(v) for k, v in values.items()}
+    elif isinstance(values, (tuple, list)):
+      out[name] = {label(v): {name: v} for v in values}
+    else:
+      raise ValueError(f"sweep.axes[{name!r}]: values must be a tuple or a dict of labelled "
+                       f"overrides, got {type(values).__name__}")
+    if not out[name] or len(out[name]) != len(values):
+      raise ValueError(f"sweep.axes[{name!r}]: values must be non-empty and distinct as labels, "
+                       f"got {list(values)}")
+  return out
+
+
+def short_names(axes) -> dict[str, str]:
+  """Each axis's shortest dotted suffix that no other axis shares (for workdir names)."""
+  out = {}
+  for name in axes:
+    parts = name.split(".")
+    for k in range(1, len(parts) + 1):
+      suffix = ".".join(parts[-k:])
+      if all(not other.endswith(suffix) for other in axes if other != name):
+        break
+    out[name] = suffix
+  return out
+
+
+def expand(sweep) -> list[Run]:
+  """Every run of the grid, its config checked; raises ValueError naming the axis and field."""
+  axes = cases(sweep)
+  short = short_names(axes)
+  runs = []
+  for combination in itertools.product(*(c.items() for c in axes.values())):
+    labels = {axis: lab for axis, (lab, _) in zip(axes, combination)}
+    overrides = {}
+    for _, fields in combination:
+      overrides.update(fields)
+    config = sweep.base.copy_and_resolve_references()
+    try:
+      config.update_from_flattened_dict(overrides)
+    except (KeyError, TypeError, AttributeError) as e:
+      raise ValueError(f"sweep run {labels}: cannot apply {overrides}: {e}") from None
+    config.progress_bar = False  # the sweep shows one progress bar for all its runs
+    try:
+      checks.check_config(config)
+    except ValueError as e:
+      raise ValueError(f"sweep run {labels}: {e}") from None
+    name = ",".join(f"{short[axis]}={lab}" for axis, lab in labels.items())
+    runs.append(Run(name, labels, overrides, config))
+  return runs
+
+
+def check_layout(sweep) -> None:
+  """Every axis is a row, the column or the one aggregated over (seeds), exactly once."""
+  t = sweep.table
+  used = [*t.rows, *([t.columns] if t.columns else []), *([t.over] if t.over else [])]
+  axes = [axis[0] for axis in sweep.axes]
+  if sorted(used) != sorted(axes):
+    raise ValueError(f"sweep.table: rows {tuple(t.rows)}, columns {t.columns!r} and over "
+                     f"{t.over!r} must name each axis of {axes} exactly once")
+  if t.x_axis and t.x_axis != t.columns:
+    raise ValueError(f"sweep.table.x_axis={t.x_axis!r} must be the columns axis "
+                     f"({t.columns!r}): it is plotted against the rows")

@@ -1,0 +1,96 @@
+"""The loop over several CPU devices: data-parallel equals one device; checkpoints move
+between device counts; ring attention trains on sequences split over devices."""
+
+import json
+import os
+
+import pytest
+
+from experiments import metrics
+from tests import devices
+
+TRAIN = """
+import json
+from experiments import train
+from tests import tiny
+config = tiny.config({variant!r}, {data_dir!r}, **{overrides!r})
+train.train_and_evaluate(config, {workdir!r})
+print(json.dumps("done"))
+"""
+# A constant rate after warmup, so a run of 3 steps then 3 more follows the 6-step run.
+BASE = {"num_train_steps": 6, "log_every": 1, "eval_every": 3, "checkpoint_every": 3,
+        "optimizer.decay": "constant", "optimizer.warmup_steps": 2}
+
+
+def _train(n_devices, workdir, data_dir, variant="softmax", **overrides):
+  devices.run(n_devices, TRAIN.format(variant=variant, data_dir=str(data_dir),
+                                      workdir=str(workdir), overrides={**BASE, **overrides}))
+  return {r["step"]: r["train_loss"] for r in metrics.read(str(workdir)) if "train_loss" in r}
+
+
+def _assert_same_curve(a, b):
+  assert sorted(a) == sorted(b) == list(range(1, 7))
+  for step in a:
+    assert a[step] == pytest.approx(b[step], rel=2e-6, abs=1e-6), (step, a[step], b[step])
+
+
+@pytest.fixture(scope="module")
+def one_device(tmp_path_factory):
+  root = tmp_path_factory.mktemp("parallel")
+  return root, _train(1, root / "one", root / "tfds")
+
+
+def test_data_parallel_over_8_devices_equals_one_device(one_device):
+  root, reference = one_device
+  _assert_same_curve(_train(8, root / "eight", root / "tfds"), reference)
+  with open(root / "eight" / "metrics.jsonl") as f:
+    first = json.loads(f.readline())
+  assert first["devices"] == 8
+
+
+def test_fsdp_shards_parameters_and_gives_the_same_curve(one_device):
+  root, reference = one_device
+  _assert_same_curve(_train(8, root / "fsdp", root / "tfds", **{"mesh.fsdp": 4}), reference)
+
+
+@pytest.mark.parametrize("first,then", [(8, 1), (1, 8)])
+def test_checkpoint_resumes_on_another_device_count(one_device, first, then):
+  root, reference = one_device
+  workdir = root / f"from{first}to{then}"
+  _train(first, workdir, root / "tfds", num_train_steps=3)
+  assert sorted(os.listdir(workdir / "checkpoints")) == ["3"]
+  _assert_same_curve(_train(then, workdir, root / "tfds"), reference)
+
+
+def test_ring_attention_trains_on_sequences_split_over_devices(tmp_path):
+  """Sequences split over 4 devices (x 2 on data) give the one-device curve of ring."""
+  split = _train(8, tmp_path / "split", tmp_path / "tfds", "ring",
+                 **{"mesh.sequence": 4, "mesh.data": 2})
+  whole = _train(1, tmp_path / "whole", tmp_path / "tfds", "ring")
+  _assert_same_curve(split, whole)
+
+
+BAD_MESHES = """
+import json
+from experiments import train
+from tests import tiny
+messages = []
+for overrides in ({{"mesh.fsdp": 3}}, {{"data.batch_size": 12}}, {{"mesh.sequence": 2}},
+                  {{"mesh.data": 4, "mesh.fsdp": 4}}):
+  try:
+    train.train_and_evaluate(tiny.config("softmax", {data_dir!r}, **overrides), {workdir!r})
+    messages.append(None)
+  except ValueError as e:
+    messages.append(str(e))
+print(json.dumps(messages))
+"""
+
+
+def test_bad_meshes_fail_with_a_clear_message(tmp_path):
+  messages = devices.run(8, BAD_MESHES.format(data_dir=str(tmp_path / "tfds"),
+                                              workdir=str(tmp_path / "run")))
+  assert "do not divide the 8 devices" in messages[0]
+  assert ("config.data.batch_size=12 does not divide evenly over the 8 devices of mesh axes "
+          "data x fsdp; use a multiple of 8") in messages[1]
+  assert "config.mesh.sequence=2 splits sequences, which only ring attention does" in messages[2]
+  assert "the sizes multiply to 16, but there are 8 devices" in messages[3]

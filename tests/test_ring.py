@@ -1,0 +1,73 @@
+"""Ring attention over 2, 4 and 8 CPU devices equals softmax, forward and gradients."""
+
+import jax
+import pytest
+
+import attention_zoo
+from tests import devices
+
+RING_VS_SOFTMAX = """
+import json
+import jax, jax.numpy as jnp, numpy as np
+import attention_zoo
+
+B, T, S, N, K, H = 2, 24, 40, 4, 2, 8   # GQA; S != T; blocks of 3..12 and 5..20 rows
+rng = np.random.default_rng(0)
+q = jnp.asarray(rng.normal(size=(B, T, N, H)), jnp.float32)
+k, v = (jnp.asarray(rng.normal(size=(B, S, K, H)), jnp.float32) for _ in range(2))
+lengths = dict(query_seq_lengths=jnp.array([T, 17], jnp.int32),
+               key_value_seq_lengths=jnp.array([13, 35], jnp.int32))
+errors = {}
+for devices in (2, 4, 8):
+  for axis_type in ("Auto", "Explicit"):
+    mesh = jax.make_mesh((devices,), ("sequence",), devices=jax.devices()[:devices],
+                         axis_types=(getattr(jax.sharding.AxisType, axis_type),))
+    for case, kwargs in {"full": {}, "causal": dict(is_causal=True),
+                         "padded causal": dict(is_causal=True, **lengths),
+                         "padded window": dict(local_window_size=(5, 2), **lengths)}.items():
+      def loss(fn):
+        return lambda q, k, v: jnp.sum(jnp.sin(fn(q, k, v, **kwargs)))
+      with jax.set_mesh(mesh):
+        ring = attention_zoo.get("ring")
+        out = ring(q, k, v, **kwargs)
+        grads = jax.grad(loss(ring), (0, 1, 2))(q, k, v)
+      softmax = attention_zoo.get("softmax")
+      ref, ref_grads = softmax(q, k, v, **kwargs), jax.grad(loss(softmax), (0, 1, 2))(q, k, v)
+      errors[f"{devices} {axis_type} {case}"] = [float(jnp.abs(a - b).max()) for a, b in
+                                                 zip((out, *grads), (ref, *ref_grads))]
+print(json.dumps(errors))
+"""
+
+
+def test_ring_equals_softmax_on_2_4_8_devices():
+  errors = devices.run(8, RING_VS_SOFTMAX)
+  assert len(errors) == 3 * 2 * 4
+  for case, (out, dq, dk, dv) in errors.items():
+    assert max(out, dq, dk, dv) < 1e-5, (case, out, dq, dk, dv)
+
+
+def test_ring_needs_its_mesh_axis_and_divisible_lengths():
+  q = k = v = jax.numpy.zeros((1, 6, 2, 4))
+  with pytest.raises(ValueError, match=r"ring: the current mesh has no axis 'sequence'"):
+    attention_zoo.get("ring")(q, k, v)
+  mesh = jax.make_mesh((1,), ("sequence",), axis_types=(jax.sharding.AxisType.Auto,),
+                       devices=jax.devices()[:1])
+  with jax.set_mesh(mesh):
+    with pytest.raises(NotImplementedError, match="ring attention does not support mask"):
+      attention_zoo.get("ring")(q, k, v, mask=jax.numpy.ones((1, 1, 6, 6), bool))
+  with pytest.raises(ValueError, match=r"axis_name must be a mesh axis name"):
+    attention_zoo.get("ring", axis_name="")
+
+
+def test_ring_lengths_must_split_over_the_devices():
+  code = """
+    import json, jax, jax.numpy as jnp, attention_zoo
+    mesh = jax.make_mesh((4,), ("sequence",), axis_types=(jax.sharding.AxisType.Auto,))
+    try:
+      with jax.set_mesh(mesh):
+        attention_zoo.get("ring")(*(jnp.zeros((1, 6, 2, 4)),) * 3)
+    except ValueError as e:
+      print(json.dumps(str(e)))
+  """
+  message = devices.run(4, code)
+  assert "T=6 and key length S=6 must be multiples of the 4 devices" in message

@@ -1,0 +1,173 @@
+"""Sweeps end to end: a grid runs, survives a kill, records failures, and ends in a table."""
+
+import json
+import os
+import subprocess
+import sys
+import time
+
+import psutil
+import pytest
+
+from configs import base
+from configs.sweeps import tiny
+from experiments import metrics, sweeps
+from experiments.sweeps import grid, report
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def _tiny_sweep(data_dir, axes=None, steps=20):
+  sweep = tiny.get_config()
+  with sweep.unlocked():
+    if axes is not None:
+      sweep.axes = tuple(axes)
+      sweep.table.rows = tuple(a for a, _ in axes if a != "seed")
+  sweep.base.data.data_dir = str(data_dir)
+  sweep.base.num_train_steps = steps
+  return sweep
+
+
+def _wait_for(condition, timeout=240):
+  deadline = time.time() + timeout
+  while not condition():
+    assert time.time() < deadline, "timed out"
+    time.sleep(0.2)
+
+
+def _steps(run_dir):
+  path = os.path.join(run_dir, "metrics.jsonl")
+  return [r["step"] for r in metrics.read(run_dir)] if os.path.exists(path) else []
+
+
+def test_tiny_sweep_survives_a_kill_and_ends_in_a_table(tmp_path):
+  """2 variants x 2 seeds: SIGKILL the sweep during its second run, re-launch, finish."""
+  workdir, data_dir = tmp_path / "sweep", tmp_path / "tfds"
+  command = [sys.executable, "launch.py", "sweep", "--config", "configs/sweeps/tiny.py",
+             f"--workdir={workdir}", f"--config.base.data.data_dir={data_dir}",
+             "--config.base.num_train_steps=20"]
+  first, second = (workdir / name for name in ("attention=softmax,seed=0",
+                                                "attention=softmax,seed=1"))
+  launcher = subprocess.Popen(command, cwd=REPO, stdout=subprocess.DEVNULL,
+                              stderr=subprocess.DEVNULL)
+  _wait_for(lambda: (second / "checkpoints" / "10").is_dir()  # its checkpoint, committed
+            and max(_steps(second), default=0) >= 15)
+  children = psutil.Process(launcher.pid).children(recursive=True)
+  launcher.kill()
+  launcher.wait()
+  psutil.wait_procs(children, timeout=20)  # the run's process dies with the sweep's
+  assert not [c for c in children if c.is_running() and c.status() != psutil.STATUS_ZOMBIE]
+  finished_first = (first / "metrics.jsonl").read_bytes()
+  assert any(r.get("final") for r in metrics.read(str(first)))
+  assert not any(r.get("final") for r in metrics.read(str(second)))
+
+  done = subprocess.run(command, cwd=REPO, capture_output=True, text=True, timeout=600)
+  assert done.returncode == 0, done.stderr[-3000:]
+  assert (first / "metrics.jsonl").read_bytes() == finished_first  # not redone
+  started = [r["step"] for r in metrics.read(str(second)) if "compile_seconds" in r]
+  assert started[0] == 5 and started[1] > 10, started  # resumed from its checkpoint
+  results = json.loads((workdir / "results.json").read_text())
+  assert [r["status"] for r in results] == ["finished"] * 4
+  assert {r["name"] for r in results} == {f"attention={v},seed={s}" for v in ("softmax", "linear")
+                                          for s in (0, 1)}
+  table = (workdir / "table.md").read_text()
+  assert "| softmax | " in table and "| linear | " in table and " ± " in table
+  assert table in done.stdout
+  assert (workdir / "curves.png").stat().st_size > 0
+  assert len((workdir / "table.csv").read_text().splitlines()) == 1 + 2 * 2
+
+
+def test_a_failing_run_is_recorded_and_the_others_finish(tmp_path):
+  sweep = _tiny_sweep(tmp_path / "tfds", steps=6, axes=[
+      ("optimizer.learning_rate", (1e-3, 1e38)), ("seed", (0,))])
+  with sweep.unlocked():
+    sweep.base.optimizer.warmup_steps, sweep.base.log_every = 1, 1
+  workdir = str(tmp_path / "sweep")
+  text = sweeps.run(sweep, workdir)
+  results = {r["name"]: r for r in json.load(open(os.path.join(workdir, "results.json")))}
+  assert results["learning_rate=0.001,seed=0"]["status"] == "finished"
+  failed = results["learning_rate=1e+38,seed=0"]
+  assert failed["status"] == "failed" and "NaN or Inf at step" in failed["error"], failed
+  assert "| 1e+38 | failed | failed |" in text and "1 of 2 runs failed" in text
+  started = time.time()
+  sweeps.run(sweep, workdir)  # re-launch: nothing left to do, the failure is kept
+  assert time.time() - started < 10
+  assert os.path.exists(os.path.join(workdir, "learning_rate=1e+38,seed=0", "failure.json"))
+
+
+def test_grid_names_runs_by_their_overrides():
+  sweep = base.sweep(base.for_task("copy"), axes=[
+      ("variant", {"Performer": {"model.attention": "linear",
+                                 "model.options.linear.feature_map": "favor"},
+                   "Local": {"model.attention": "local"}}),
+      ("model.options.local.local_window_size", (4, 8)), ("seed", (0, 1))],
+                     rows=["variant", "model.options.local.local_window_size"])
+  runs = grid.expand(sweep)
+  assert [r.name for r in runs][:3] == ["variant=Performer,local_window_size=4,seed=0",
+                                        "variant=Performer,local_window_size=4,seed=1",
+                                        "variant=Performer,local_window_size=8,seed=0"]
+  assert runs[0].config.model.options.linear.feature_map == "favor"
+  assert runs[0].config.model.options.local.local_window_size == 4
+  assert grid.label((4, 0)) == "4-0" and grid.label("a/b c") == "a-b-c"
+  assert sweep.base.model.attention == "softmax"  # the base is not modified
+  assert grid.short_names(["a.x", "b.x", "seed"]) == {"a.x": "a.x", "b.x": "b.x", "seed": "seed"}
+
+
+@pytest.mark.parametrize("axes,rows,message", [
+    ([("model.atention", ("softmax",))], ["model.atention"], r"atention.*Did you mean"),
+    ([("seed", ("zero",))], [], r"Could not override field 'seed'"),
+    ([("model.attention", ("flash",))], ["model.attention"], r"'flash' is not a variant"),
+    ([("seed", (0, 0))], [], r"distinct"),
+    ([("seed", 3)], [], r"must be a tuple or a dict"),
+    ([("model.attention", ("softmax",)), ("seed", (0,))], [], r"must name each axis"),
+])
+def test_bad_sweeps_fail_before_running(axes, rows, message, tmp_path):
+  sweep = base.sweep(base.for_task("copy"), axes=axes, rows=rows)
+  with pytest.raises(ValueError, match=message):
+    sweeps.run(sweep, str(tmp_path))
+  assert not os.listdir(tmp_path)
+
+
+def _fake_sweep(workdir, finals, curves=None):
+  """A finished sweep on disk: {(variant, length, seed): test_exact_accuracy}."""
+  runs = []
+  for (variant, length, seed), value in finals.items():
+    name = f"attention={variant},max_length={length},seed={seed}"
+    os.makedirs(os.path.join(workdir, name))
+    records = [{"step": s, "train_loss": l} for s, l in (curves or {}).get(seed, [])]
+    records.append({"step": 10, "final": True, "test_exact_accuracy": value})
+    with open(os.path.join(workdir, name, "metrics.jsonl"), "w") as f:
+      f.writelines(json.dumps(r) + "\n" for r in records)
+    runs.append(dict(name=name, labels={"model.attention": variant, "data.max_length": str(length),
+                                        "seed": str(seed)}, overrides={}))
+  table = dict(rows=["model.attention"], columns="data.max_length", over="seed",
+               metrics=["test_exact_accuracy"], curves=["train_loss"], x_axis="data.max_length",
+               published=dict(source="A et al.", metric="test_exact_accuracy", scale=100,
+                              values={"softmax": 50.0}))
+  with open(os.path.join(workdir, "sweep.json"), "w") as f:
+    json.dump(dict(table=table, runs=runs), f)
+
+
+def test_table_is_mean_and_std_over_seeds(tmp_path):
+  _fake_sweep(str(tmp_path), {("softmax", 8, 0): 0.5, ("softmax", 8, 1): 0.7,
+                              ("softmax", 16, 0): 0.25, ("softmax", 16, 1): 0.25,
+                              ("linear", 8, 0): 0.1, ("linear", 8, 1): 0.3,
+                              ("linear", 16, 0): 0.0, ("linear", 16, 1): 0.2},
+              curves={0: [(5, 2.0), (10, 1.0)], 1: [(5, 4.0), (10, 3.0)]})
+  text = report.write(str(tmp_path))
+  # mean 0.6, sample std of (0.5, 0.7) = 0.1414
+  assert "| softmax | 0.6000 ± 0.1414 | 0.2500 ± 0.0000 |" in text
+  assert "| linear | 0.2000 ± 0.1414 | 0.1000 ± 0.1414 |" in text
+  assert "| softmax (8) | 60.00 ± 14.14 | 50.00 |" in text
+  assert "| linear (16) | 10.00 ± 14.14 | — |" in text
+  csv_rows = (tmp_path / "table.csv").read_text().splitlines()
+  assert csv_rows[1].startswith("softmax,8,test_exact_accuracy,0.6")
+  for plot in ("curves.png", "test_exact_accuracy_vs_data.max_length.png"):
+    assert (tmp_path / plot).stat().st_size > 0
+
+
+def test_table_marks_missing_and_failed_runs(tmp_path):
+  _fake_sweep(str(tmp_path), {("softmax", 8, 0): 0.5, ("softmax", 8, 1): 0.7})
+  os.remove(tmp_path / "attention=softmax,max_length=8,seed=1" / "metrics.jsonl")
+  (tmp_path / "attention=softmax,max_length=8,seed=1" / "failure.json").write_text("{}")
+  assert "| softmax | 0.5000 (1 of 2; 1 failed) |" in report.write(str(tmp_path))
