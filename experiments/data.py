@@ -9,13 +9,15 @@ Every batch is padded to the config's lengths (one shape, one compilation):
 from __future__ import annotations
 
 import dataclasses
+import functools
 import os
 
 import grain
+import jax
 import numpy as np
 import tensorflow_datasets as tfds
 
-from experiments import tasks
+from experiments import parallel, tasks
 from experiments.tasks import listops, synthetic, text_pairs
 
 PAD, BOS, EOS = 0, 1, 2
@@ -52,8 +54,8 @@ def load_task(cfg) -> Task:
     vocab = listops.ZooListOps.VOCAB_SIZE
     to_symbols = lambda e: (e["inputs"], e["targets"])
   else:  # text pairs, byte level
-    builder = tfds.builder(cfg.tfds_name, data_dir=data_dir, file_format="array_record")
-    builder.download_and_prepare()  # the splits are known once the data is prepared
+    # the splits are known once the data is prepared
+    builder = _prepare(functools.partial(tfds.builder, cfg.tfds_name), None, data_dir)
     lengths = {s: (cfg.max_input_length, cfg.max_target_length + 1)
                for s in builder.info.splits if s in ("train", "validation", "test")}
     vocab = text_pairs.VOCAB_SIZE
@@ -63,12 +65,17 @@ def load_task(cfg) -> Task:
   return Task(cfg.task, vocab + RESERVED, sources, lengths, to_symbols)
 
 
-def _prepare(builder_cls, config, data_dir: str):
-  if config.name in builder_cls.builder_configs:  # TFDS refuses a same-named custom config
-    config = config.name
-  builder = builder_cls(config=config, data_dir=data_dir, file_format="array_record")
-  builder.download_and_prepare()
-  return builder
+def _prepare(make_builder, config, data_dir: str):
+  """The builder with its data prepared. With several processes the first prepares it while
+  the others wait, then open what it wrote (concurrent writers would collide)."""
+  if config is not None and config.name in make_builder.builder_configs:
+    config = config.name  # TFDS refuses a custom config named like a predefined one
+  make = lambda: make_builder(**({} if config is None else {"config": config}),
+                              data_dir=data_dir, file_format="array_record")
+  if jax.process_index() == 0:
+    make().download_and_prepare()
+  parallel.barrier("data prepared")
+  return make()
 
 
 def encode(task: Task, example, split: str, truncate: bool = False) -> dict:

@@ -126,6 +126,13 @@ def to_global(local_batch: dict, sharding) -> dict:
   return {k: jax.make_array_from_process_local_data(sharding, v) for k, v in local_batch.items()}
 
 
+def barrier(name: str) -> None:
+  """Every process waits here for the others (nothing to wait for with one)."""
+  if jax.process_count() > 1:
+    from jax.experimental import multihost_utils  # pylint: disable=import-outside-toplevel
+    multihost_utils.sync_global_devices(name)
+
+
 def to_host(x):
   """A global array's full value on every process."""
   if jax.process_count() == 1:

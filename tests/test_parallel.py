@@ -3,6 +3,9 @@ between device counts; ring attention trains on sequences split over devices."""
 
 import json
 import os
+import socket
+import subprocess
+import sys
 
 import pytest
 
@@ -94,3 +97,40 @@ def test_bad_meshes_fail_with_a_clear_message(tmp_path):
           "data x fsdp; use a multiple of 8") in messages[1]
   assert "config.mesh.sequence=2 splits sequences, which only ring attention does" in messages[2]
   assert "the sizes multiply to 16, but there are 8 devices" in messages[3]
+
+
+TWO_PROCESSES = """
+import json
+from experiments import parallel, train
+from tests import tiny
+assert parallel.initialize_distributed()
+final = train.train_and_evaluate(tiny.config("softmax", {data_dir!r}, **{overrides!r}),
+                                 {workdir!r})
+print(json.dumps(final))
+"""
+
+
+def test_two_processes_train_together(tmp_path):
+  """Two processes of 2 CPU devices each (jax.distributed over localhost, as on two hosts):
+  one run, each process feeding its own rows; both end with the same metrics."""
+  with socket.socket() as s:
+    s.bind(("localhost", 0))
+    port = s.getsockname()[1]
+  code = TWO_PROCESSES.format(data_dir=str(tmp_path / "tfds"), workdir=str(tmp_path / "run"),
+                              overrides=BASE)
+  env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=2",
+             JAX_PLATFORMS="cpu", JAX_COORDINATOR_ADDRESS=f"localhost:{port}",
+             JAX_NUM_PROCESSES="2")
+  processes = [subprocess.Popen(
+      [sys.executable, "-c", f"import sys; sys.path.insert(0, {devices.REPO!r})\n" + code],
+      env=dict(env, JAX_PROCESS_ID=str(i)), cwd=devices.REPO, stdout=subprocess.PIPE,
+      stderr=subprocess.PIPE, text=True) for i in range(2)]
+  outputs = [p.communicate(timeout=600) for p in processes]
+  for p, (_, err) in zip(processes, outputs):
+    assert p.returncode == 0, err[-3000:]
+  finals = [json.loads(out.strip().splitlines()[-1]) for out, _ in outputs]
+  assert finals[0] == finals[1] and "test_exact_accuracy" in finals[0]
+  logged = metrics.read(str(tmp_path / "run"))
+  assert [r["step"] for r in logged if "train_loss" in r] == list(range(1, 7))  # written once
+  assert logged[0]["devices"] == 4
+  assert sorted(os.listdir(tmp_path / "run" / "checkpoints")) == ["3", "6"]

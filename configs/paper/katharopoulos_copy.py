@@ -14,7 +14,10 @@ We compare softmax, chunked, local and linear over three seeds, with the loss cu
 Our model is the encoder-decoder of this codebase with 4 layers in all (2 + 2), d=256.
 Paper scale: 10,000 updates per run, 12 runs (not run here: no GPU was at hand).
 REDUCED (the same grid, sized for 2 CPU cores): lengths up to 48, d=64, batch 32, 1,200 updates,
-the drop to 1e-4 after 800. Measured: see the README (`Reproductions`).
+the drop to 1e-4 after 800. Measured on 2 CPU cores: 23 min 12 s for the 12 runs; test loss
+(mean ± std over 3 seeds) softmax 0.0128 ± 0.0180, chunked 0.0128 ± 0.0184, local
+0.0107 ± 0.0118, linear 1.0088 ± 0.0277: linear falls smoothly but has not converged
+within this budget (exact-sequence accuracy 0.95 for the others, 0.16 for linear).
 """
 
 from configs import base

@@ -3,7 +3,8 @@
     python launch.py sweep --config configs/sweeps/lengths.py --workdir runs/lengths
 
 Writes test_exact_accuracy_vs_data.max_length.png (a line per variant, ± std over 2 seeds).
-Expected on the 2-core CPU: ~30 minutes (12 runs of 1,000 steps).
+Expected on the 2-core CPU: about 15 minutes, estimated from single runs (12 runs of 1,000
+steps), not timed as a whole.
 """
 
 from configs import base

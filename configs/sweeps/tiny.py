@@ -2,8 +2,9 @@
 
     python launch.py sweep --config configs/sweeps/tiny.py --workdir runs/tiny_sweep
 
-Expected on the 2-core CPU: about a minute (each run is a fresh process: ~10 s of start-up
-and compilation); the table shows both variants far from solving the task in 30 steps.
+Expected on the 2-core CPU: about a minute (measured 53 s; each run is a fresh process, ~10 s
+of start-up and compilation); both variants are far from solving the task in 30 steps
+(exact-sequence accuracy 0, test loss ~3.2).
 """
 
 from configs import base

@@ -28,12 +28,12 @@ class Run:
 
 
 def label(value) -> str:
-  """A value as it appears in a workdir name and a table: no spaces, slashes or commas."""
+  """A value as it appears in a workdir name: no spaces, slashes or commas."""
   return re.sub(r"[^\w.+-]+", "-", str(value)).strip("-") or "-"
 
 
 def cases(sweep) -> dict[str, dict[str, dict]]:
-  """Each axis as {label: overrides}, in the sweep's order."""
+  """Each axis as {label (as tables show it): overrides}, in the sweep's order."""
   out = {}
   for axis in sweep.axes:
     if len(axis) != 2 or not isinstance(axis[0], str):
@@ -42,13 +42,13 @@ def cases(sweep) -> dict[str, dict[str, dict]]:
     if name in out:
       raise ValueError(f"sweep.axes: axis {name!r} appears twice")
     if isinstance(values, dict):
-      out[name] = {label(k): dict(v) for k, v in values.items()}
+      out[name] = {str(k): dict(v) for k, v in values.items()}
     elif isinstance(values, (tuple, list)):
-      out[name] = {label(v): {name: v} for v in values}
+      out[name] = {str(v): {name: v} for v in values}
     else:
       raise ValueError(f"sweep.axes[{name!r}]: values must be a tuple or a dict of labelled "
                        f"overrides, got {type(values).__name__}")
-    if not out[name] or len(out[name]) != len(values):
+    if not out[name] or len({label(v) for v in out[name]}) != len(values):
       raise ValueError(f"sweep.axes[{name!r}]: values must be non-empty and distinct as labels, "
                        f"got {list(values)}")
   return out
@@ -87,7 +87,7 @@ def expand(sweep) -> list[Run]:
       checks.check_config(config)
     except ValueError as e:
       raise ValueError(f"sweep run {labels}: {e}") from None
-    name = ",".join(f"{short[axis]}={lab}" for axis, lab in labels.items())
+    name = ",".join(f"{short[axis]}={label(lab)}" for axis, lab in labels.items())
     runs.append(Run(name, labels, overrides, config))
   return runs
 

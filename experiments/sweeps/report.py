@@ -69,7 +69,8 @@ def markdown(table: dict, runs: list[dict]) -> str:
   columns = list(dict.fromkeys(column for _, column in groups))
   seeds = max(len(g) for g in groups.values())
   head = " / ".join(table["rows"])
-  over = f"mean ± std over {seeds} {table['over']}s" if table["over"] else "one run each"
+  over = (f"mean ± std over {seeds} {table['over']}s" if table["over"] and seeds > 1
+          else "one run each")
   parts = []
   if table["columns"]:
     for metric in table["metrics"]:
@@ -122,7 +123,8 @@ def write_csv(path: str, table: dict, runs: list[dict]) -> None:
 
 
 def plot_curves(path: str, table: dict, runs: list[dict]) -> None:
-  """One panel per curve metric and column: a line per row, the mean over seeds, ± std shaded."""
+  """One panel per curve metric and column: a line per row, the mean over seeds, the band
+  between the lowest and the highest seed shaded (it stays positive on a log scale)."""
   groups = cells(table, runs)
   columns = list(dict.fromkeys(column for _, column in groups))
   rows = list(dict.fromkeys(row for row, _ in groups))
@@ -133,9 +135,8 @@ def plot_curves(path: str, table: dict, runs: list[dict]) -> None:
       steps, values = _aligned(groups[row, column], metric)
       if steps is None:
         continue
-      mean, std = values.mean(0), values.std(0)
-      ax.plot(steps, mean, label=_row_name(row))
-      ax.fill_between(steps, mean - std, mean + std, alpha=0.2)
+      ax.plot(steps, values.mean(0), label=_row_name(row))
+      ax.fill_between(steps, values.min(0), values.max(0), alpha=0.2)
     ax.set(xlabel="step", ylabel=metric, title=f"{table['columns']}={column}" if column else "")
     if metric.endswith("loss"):
       ax.set_yscale("log")
