@@ -17,13 +17,18 @@ class Checkpoints:
 
   def __init__(self, workdir: str, every: int, keep: int):
     self.every = every
-    options = ocp.CheckpointManagerOptions(max_to_keep=keep, create=True)
-    self.latest = ocp.CheckpointManager(os.path.join(os.path.abspath(workdir), "checkpoints"),
-                                        options=options)
+    # Both managers may save the same step; on several hosts their barriers need distinct
+    # names (orbax keys them by step), or the second collides with the first.
+    processes = lambda name: ocp.options.MultiprocessingOptions(barrier_sync_key_prefix=name)
+    self.latest = ocp.CheckpointManager(
+        os.path.join(os.path.abspath(workdir), "checkpoints"),
+        options=ocp.CheckpointManagerOptions(max_to_keep=keep, create=True,
+                                             multiprocessing_options=processes("latest")))
     self.best = ocp.CheckpointManager(
         os.path.join(os.path.abspath(workdir), "best"),
         options=ocp.CheckpointManagerOptions(max_to_keep=1, best_fn=lambda m: m["eval_loss"],
-                                             best_mode="min", create=True))
+                                             best_mode="min", create=True,
+                                             multiprocessing_options=processes("best")))
 
   def restore(self, state, data_iterator):
     """(state, step) of the latest checkpoint, the data iterator moved to match; or (state, 0)."""

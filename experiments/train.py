@@ -229,6 +229,7 @@ def _train_and_evaluate(config, workdir: str, mesh) -> dict:
   if first_process:
     with open(os.path.join(workdir, "final_metrics.json"), "w", encoding="utf-8") as f:
       json.dump(final, f, indent=2)
+  parallel.barrier("run finished")  # processes leave together (jax.distributed's shutdown)
   return final
 
 
