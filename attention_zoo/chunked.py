@@ -20,7 +20,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from attention_zoo import masking, validation
+from attention_zoo import masking, online_softmax, validation
 
 NAME = "chunked"
 # Measured on the 2-core CPU (T=4096, 8 heads, head dim 64; `python launch.py bench`):
@@ -197,31 +197,18 @@ def _block_range(lo, hi, size, empty):
 
 def _forward(plan, q, k, v, bias, mask, q_len, kv_len):
   q_max, kv_max = plan.limits(q_len, kv_len)
-  rows = q.shape[1:-1]  # B, K, G, bq
 
   def query_block(_, xs):
     qb, q_blk = xs
 
     def update(masked, qb, kb, carry):
-      row_max, row_sum, acc = carry
       s, ok = plan.block_logits(q_blk, k[kb], bias, mask, qb, kb, q_len, kv_len, masked)
-      if ok is not None:
-        s = jnp.where(ok, s, -jnp.inf)
-      new_max = jnp.maximum(row_max, s.max(axis=-1))
-      shift = jnp.where(new_max == -jnp.inf, 0.0, new_max)  # rows with nothing allowed yet
-      p = jnp.exp(s - shift[..., None])
-      correction = jnp.exp(row_max - shift)
-      acc = acc * correction[..., None] + jnp.einsum(
-          "bkgqs,bksh->bkgqh", p.astype(v.dtype), v[kb], preferred_element_type=jnp.float32)
-      return new_max, row_sum * correction + p.sum(axis=-1), acc
+      return online_softmax.fold(carry, s if ok is None else jnp.where(ok, s, -jnp.inf), v[kb])
 
-    init = (jnp.full(rows, -jnp.inf, jnp.float32), jnp.zeros(rows, jnp.float32),
-            jnp.zeros(q_blk.shape, jnp.float32))
     step = plan.per_block(update, mask, q_len, kv_len)
-    row_max, row_sum, acc = jax.lax.fori_loop(*plan.key_blocks(qb, q_max, kv_max),
-                                              lambda kb, carry: step(qb, kb, carry), init)
-    out = acc / jnp.where(row_sum > 0, row_sum, 1.0)[..., None]
-    lse = jnp.where(row_sum > 0, row_max + jnp.log(row_sum), jnp.inf)
+    carry = jax.lax.fori_loop(*plan.key_blocks(qb, q_max, kv_max),
+                              lambda kb, carry: step(qb, kb, carry), online_softmax.init(q_blk))
+    out, lse = online_softmax.finish(carry)
     return None, (out.astype(q.dtype), lse)
 
   _, (out, lse) = jax.lax.scan(query_block, None, (jnp.arange(plan.nq), q))
@@ -238,22 +225,15 @@ def _backward(plan, residuals, dout):
 
     def update(masked, qb, kb, carry):
       dk, dv, dq, dbias = carry
-      q_blk, do = q[qb], dout[qb]
-      s, ok = plan.block_logits(q_blk, k_blk, bias, mask, qb, kb, q_len, kv_len, masked)
+      s, ok = plan.block_logits(q[qb], k_blk, bias, mask, qb, kb, q_len, kv_len, masked)
       p = jnp.exp(s - lse[qb][..., None])
       if ok is not None:
         p = jnp.where(ok, p, 0.0)
-      dv += jnp.einsum("bkgqs,bkgqh->bksh", p.astype(do.dtype), do,
-                       preferred_element_type=jnp.float32)
-      dp = jnp.einsum("bkgqh,bksh->bkgqs", do, v_blk, preferred_element_type=jnp.float32)
-      ds = p * (dp - delta[qb][..., None])
-      dk += jnp.einsum("bkgqs,bkgqh->bksh", ds.astype(q.dtype), q_blk,
-                       preferred_element_type=jnp.float32)
-      dq = dq.at[qb].add(jnp.einsum("bkgqs,bksh->bkgqh", ds.astype(k.dtype), k_blk,
-                                    preferred_element_type=jnp.float32))
+      ds, dq_blk, dk_blk, dv_blk = online_softmax.block_gradients(
+          p, dout[qb], delta[qb], q[qb], k_blk, v_blk)
       if dbias is not None:
         dbias = _add_bias_block(plan, dbias, ds, qb, kb)
-      return dk, dv, dq, dbias
+      return dk + dk_blk, dv + dv_blk, dq.at[qb].add(dq_blk), dbias
 
     dq, dbias = carry
     zeros = jnp.zeros(k_blk.shape, jnp.float32)

@@ -15,13 +15,14 @@ Runs under a mesh (`jax.set_mesh(mesh)`) that has the axis; other mesh axes shar
 from __future__ import annotations
 
 import functools
+import math
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 from jax.sharding import PartitionSpec as P
 
-from attention_zoo import masking, softmax, validation
+from attention_zoo import masking, online_softmax, softmax, validation
 
 NAME = "ring"
 
@@ -50,10 +51,10 @@ def ring_attention(query, key, value, bias=None, mask=None, *, scale=None, is_ca
   if dims.T % devices or dims.S % devices:
     raise ValueError(f"{NAME}: query length T={dims.T} and key length S={dims.S} must be "
                      f"multiples of the {devices} devices of mesh axis {axis_name!r}")
-  batch_axes = tuple(a for a in mesh.axis_names if a != axis_name and mesh.shape[a] > 1)
-  batch_axes = batch_axes if dims.B % max(int(np.prod([mesh.shape[a] for a in batch_axes])),
-                                          1) == 0 else ()
-  batch = batch_axes or None
+  # The other mesh axes split the batch where they divide it (as in the training loop);
+  # otherwise each device of the ring holds every sequence.
+  others = tuple(a for a in mesh.axis_names if a != axis_name and mesh.shape[a] > 1)
+  batch = others if others and dims.B % math.prod(mesh.shape[a] for a in others) == 0 else None
   lengths = [x if x is not None else jnp.full((dims.B,), n, jnp.int32)
              for x, n in ((query_seq_lengths, dims.T), (key_value_seq_lengths, dims.S))]
   plan = _Ring(axis_name, devices, dims.K, scale, is_causal, window)
@@ -104,11 +105,8 @@ class _Ring:
 
 
 def _ring(plan, query, key, value, q_len, kv_len):
-  return _attention(plan, *softmax.to_blocks_layout(query, key, value, plan.K), q_len, kv_len)
-
-
-def _from_blocks(out):
-  return softmax.from_blocks_layout(out)
+  q, k, v = softmax.to_blocks_layout(query, key, value, plan.K)
+  return softmax.from_blocks_layout(_attention(plan, q, k, v, q_len, kv_len))
 
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(0,))
@@ -117,33 +115,21 @@ def _attention(plan, q, k, v, q_len, kv_len):
 
 
 def _forward(plan, q, k, v, q_len, kv_len):
-  """q [b,K,G,tq,H], k v [b,K,tk,H] (local blocks) -> out [b,tq,N,H] float32, lse."""
+  """This device's q [b,K,G,tq,H] against every device's k, v [b,K,tk,H] -> out float32, lse."""
   tq, tk = q.shape[3], k.shape[2]
-  row = q.shape[:4]
 
   def step(i, carry):
-    k_blk, v_blk, m, l, acc = carry
+    k_blk, v_blk, softmax_carry = carry
     q_pos, k_pos = plan.positions(i, tq, tk)
+    softmax_carry = jax.lax.cond(
+        plan.reachable(q_pos, k_pos),
+        lambda c: online_softmax.fold(c, plan.logits(q, k_blk, q_pos, k_pos, q_len, kv_len),
+                                      v_blk),
+        lambda c: c, softmax_carry)
+    return (*plan.pass_on(k_blk, v_blk), softmax_carry)
 
-    def fold(m, l, acc):
-      s = plan.logits(q, k_blk, q_pos, k_pos, q_len, kv_len)
-      m_new = jnp.maximum(m, s.max(-1))
-      shift = jnp.where(jnp.isfinite(m_new), m_new, 0.0)
-      p = jnp.exp(s - shift[..., None])
-      correction = jnp.exp(jnp.where(jnp.isfinite(m), m, -jnp.inf) - shift)
-      acc = acc * correction[..., None] + jnp.einsum(
-          "bkgts,bksh->bkgth", p.astype(v_blk.dtype), v_blk, preferred_element_type=jnp.float32)
-      return m_new, l * correction + p.sum(-1), acc
-
-    m, l, acc = jax.lax.cond(plan.reachable(q_pos, k_pos), fold, lambda *c: c, m, l, acc)
-    k_blk, v_blk = plan.pass_on(k_blk, v_blk)
-    return k_blk, v_blk, m, l, acc
-
-  init = (k, v, jnp.full(row, -jnp.inf), jnp.zeros(row), jnp.zeros(q.shape, jnp.float32))
-  _, _, m, l, acc = jax.lax.fori_loop(0, plan.size, step, init)
-  out = acc / jnp.where(l > 0, l, 1.0)[..., None]
-  lse = jnp.where(l > 0, m + jnp.log(jnp.where(l > 0, l, 1.0)), -jnp.inf)
-  return _from_blocks(out), lse
+  _, _, carry = jax.lax.fori_loop(0, plan.size, step, (k, v, online_softmax.init(q)))
+  return online_softmax.finish(carry)
 
 
 def _attention_fwd(plan, q, k, v, q_len, kv_len):
@@ -154,32 +140,26 @@ def _attention_fwd(plan, q, k, v, q_len, kv_len):
 def _attention_bwd(plan, residuals, dout):
   q, k, v, q_len, kv_len, out, lse = residuals
   tq, tk = q.shape[3], k.shape[2]
-  B, K, G, _, H = q.shape
-  to_blocks = lambda x: x.reshape(B, tq, K, G, H).transpose(0, 2, 3, 1, 4).astype(jnp.float32)
-  do, o = to_blocks(dout), to_blocks(out)
-  delta = jnp.sum(do * o, -1)                         # [b,K,G,tq]
-  lse = jnp.where(jnp.isfinite(lse), lse, 0.0)        # rows with no key: p is 0 anyway
+  delta = jnp.sum(dout * out, axis=-1)
 
   def step(i, carry):
     k_blk, v_blk, dk, dv, dq = carry
     q_pos, k_pos = plan.positions(i, tq, tk)
 
-    def fold(dk, dv, dq):
+    def fold(grads):
+      dk, dv, dq = grads
       p = jnp.exp(plan.logits(q, k_blk, q_pos, k_pos, q_len, kv_len) - lse[..., None])
-      dv = dv + jnp.einsum("bkgts,bkgth->bksh", p, do)
-      dp = jnp.einsum("bkgth,bksh->bkgts", do, v_blk.astype(jnp.float32))
-      ds = p * (dp - delta[..., None]) * plan.scale
-      dq = dq + jnp.einsum("bkgts,bksh->bkgth", ds, k_blk.astype(jnp.float32))
-      dk = dk + jnp.einsum("bkgts,bkgth->bksh", ds, q.astype(jnp.float32))
-      return dk, dv, dq
+      _, dq_blk, dk_blk, dv_blk = online_softmax.block_gradients(p, dout, delta, q, k_blk, v_blk)
+      return dk + dk_blk, dv + dv_blk, dq + dq_blk
 
-    dk, dv, dq = jax.lax.cond(plan.reachable(q_pos, k_pos), fold, lambda *c: c, dk, dv, dq)
+    dk, dv, dq = jax.lax.cond(plan.reachable(q_pos, k_pos), fold, lambda g: g, (dk, dv, dq))
     k_blk, v_blk, dk, dv = plan.pass_on(k_blk, v_blk, dk, dv)  # dk, dv travel with their block
     return k_blk, v_blk, dk, dv, dq
 
   zeros = lambda x: jnp.zeros(x.shape, jnp.float32)
   _, _, dk, dv, dq = jax.lax.fori_loop(0, plan.size, step, (k, v, zeros(k), zeros(v), zeros(q)))
-  return (dq.astype(q.dtype), dk.astype(k.dtype), dv.astype(v.dtype), None, None)
+  return ((dq * plan.scale).astype(q.dtype), (dk * plan.scale).astype(k.dtype),
+          dv.astype(v.dtype), None, None)
 
 
 _attention.defvjp(_attention_fwd, _attention_bwd)

@@ -46,13 +46,13 @@ def load_task(cfg) -> Task:
     lengths = {s: (short[0], short[1] + 1) for s in ("train", "validation", "test")}
     lengths["test_long"] = (long[0], long[1] + 1)
     vocab = builder_cls.vocab_size(builder.builder_config)
-    to_symbols = lambda e: (e["inputs"], e["targets"])
+    to_symbols = _generated_pair
   elif cfg.task == "listops":
     builder = _prepare(listops.ZooListOps, listops.config_for(
         cfg.min_length, cfg.max_length, cfg.num_train, cfg.num_eval, cfg.data_seed), data_dir)
     lengths = {s: (cfg.max_length, 2) for s in ("train", "validation", "test")}
     vocab = listops.ZooListOps.VOCAB_SIZE
-    to_symbols = lambda e: (e["inputs"], e["targets"])
+    to_symbols = _generated_pair
   else:  # text pairs, byte level
     # the splits are known once the data is prepared
     builder = _prepare(functools.partial(tfds.builder, cfg.tfds_name), None, data_dir)
@@ -63,6 +63,11 @@ def load_task(cfg) -> Task:
                                  (cfg.input_key, cfg.target_key))
   sources = {split: builder.as_data_source(split=split) for split in lengths}
   return Task(cfg.task, vocab + RESERVED, sources, lengths, to_symbols)
+
+
+def _generated_pair(example):
+  """(inputs, targets) of a generated task's example (synthetic.sequence_pair_info)."""
+  return example["inputs"], example["targets"]
 
 
 def _prepare(make_builder, config, data_dir: str):

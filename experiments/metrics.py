@@ -55,5 +55,15 @@ def _plain(value):
 
 
 def read(workdir: str) -> list[dict]:
-  with open(os.path.join(workdir, "metrics.jsonl"), encoding="utf-8") as f:
+  """Every record of the workdir's metrics.jsonl; none if the run has not logged yet."""
+  path = os.path.join(workdir, "metrics.jsonl")
+  if not os.path.exists(path):
+    return []
+  with open(path, encoding="utf-8") as f:
     return [json.loads(line) for line in f if line.strip()]
+
+
+def final(records: list[dict]) -> dict | None:
+  """The final evaluation's metrics (the last record marked final), or None."""
+  last = next((r for r in reversed(records) if r.get("final")), None)
+  return None if last is None else {k: v for k, v in last.items() if k not in ("step", "final")}

@@ -173,16 +173,18 @@ def _train_and_evaluate(config, workdir: str, mesh) -> dict:
   started = time.perf_counter()
   train = jax.jit(functools.partial(train_step, graphdef, tx, dropout_key),
                   in_shardings=(state_sharding, batch_sharding),
-                  out_shardings=(state_sharding, parallel.replicated(mesh)),
-                  donate_argnums=0).lower(state, parallel.to_global(local, batch_sharding)).compile()
+                  out_shardings=(state_sharding, parallel.replicated(mesh)), donate_argnums=0)
+  train = train.lower(state, parallel.to_global(local, batch_sharding)).compile()
   compile_seconds = time.perf_counter() - started
   steps = _Steps(train=train, evaluate=jax.jit(functools.partial(eval_step, graphdef)),
                  decode=jax.jit(functools.partial(decode.beam_search, graphdef,
                                                   beam_size=config.beam_size)),
                  batch_sharding=batch_sharding)
   memory = train.memory_analysis()
-  run_info = dict(compile_seconds=compile_seconds, devices=jax.device_count(), train_step_memory_mib=(
-      (memory.temp_size_in_bytes + memory.argument_size_in_bytes) / 2**20 if memory else None))
+  run_info = dict(compile_seconds=compile_seconds, devices=jax.device_count(),
+                  train_step_memory_mib=(  # per device
+                      (memory.temp_size_in_bytes + memory.argument_size_in_bytes) / 2**20
+                      if memory else None))
 
   pending, tokens = [], 0
   interval_start = time.perf_counter()

@@ -144,7 +144,8 @@ def test_lookups_are_shared():
 
 
 def test_unknown_names_and_options_list_what_exists():
-  with pytest.raises(ValueError, match=r"registered: \['chunked', 'linear', 'local', 'ring', 'softmax"):
+  with pytest.raises(ValueError,
+                     match=r"registered: \['chunked', 'linear', 'local', 'ring', 'softmax"):
     attention_zoo.get("flash")
   with pytest.raises(ValueError, match=r"'query_chunk_size', 'key_chunk_size'"):
     attention_zoo.get("chunked", chunk_size=3)

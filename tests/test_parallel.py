@@ -4,8 +4,6 @@ between device counts; ring attention trains on sequences split over devices."""
 import json
 import os
 import socket
-import subprocess
-import sys
 
 import pytest
 
@@ -118,17 +116,9 @@ def test_two_processes_train_together(tmp_path):
     port = s.getsockname()[1]
   code = TWO_PROCESSES.format(data_dir=str(tmp_path / "tfds"), workdir=str(tmp_path / "run"),
                               overrides=BASE)
-  env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=2",
-             JAX_PLATFORMS="cpu", JAX_COORDINATOR_ADDRESS=f"localhost:{port}",
-             JAX_NUM_PROCESSES="2")
-  processes = [subprocess.Popen(
-      [sys.executable, "-c", f"import sys; sys.path.insert(0, {devices.REPO!r})\n" + code],
-      env=dict(env, JAX_PROCESS_ID=str(i)), cwd=devices.REPO, stdout=subprocess.PIPE,
-      stderr=subprocess.PIPE, text=True) for i in range(2)]
-  outputs = [p.communicate(timeout=600) for p in processes]
-  for p, (_, err) in zip(processes, outputs):
-    assert p.returncode == 0, err[-3000:]
-  finals = [json.loads(out.strip().splitlines()[-1]) for out, _ in outputs]
+  processes = [devices.start(2, code, JAX_COORDINATOR_ADDRESS=f"localhost:{port}",
+                             JAX_NUM_PROCESSES="2", JAX_PROCESS_ID=str(i)) for i in range(2)]
+  finals = [devices.result(p) for p in processes]
   assert finals[0] == finals[1] and "test_exact_accuracy" in finals[0]
   logged = metrics.read(str(tmp_path / "run"))
   assert [r["step"] for r in logged if "train_loss" in r] == list(range(1, 7))  # written once

@@ -36,8 +36,7 @@ def _wait_for(condition, timeout=240):
 
 
 def _steps(run_dir):
-  path = os.path.join(run_dir, "metrics.jsonl")
-  return [r["step"] for r in metrics.read(run_dir)] if os.path.exists(path) else []
+  return [r["step"] for r in metrics.read(run_dir)]
 
 
 def test_tiny_sweep_survives_a_kill_and_ends_in_a_table(tmp_path):
@@ -58,8 +57,8 @@ def test_tiny_sweep_survives_a_kill_and_ends_in_a_table(tmp_path):
   psutil.wait_procs(children, timeout=20)  # the run's process dies with the sweep's
   assert not [c for c in children if c.is_running() and c.status() != psutil.STATUS_ZOMBIE]
   finished_first = (first / "metrics.jsonl").read_bytes()
-  assert any(r.get("final") for r in metrics.read(str(first)))
-  assert not any(r.get("final") for r in metrics.read(str(second)))
+  assert metrics.final(metrics.read(str(first)))
+  assert metrics.final(metrics.read(str(second))) is None
 
   done = subprocess.run(command, cwd=REPO, capture_output=True, text=True, timeout=600)
   assert done.returncode == 0, done.stderr[-3000:]

@@ -20,10 +20,10 @@ hours at this 2-core CPU's 440 GFLOP/s peak, so use a GPU.
 REDUCED (sized for 2 CPU cores): the same rules with lengths 50-200 and 20K/1K/1K examples,
 2 + 1 layers, d=64, 4 heads, local window 32, 1,200 steps, 3 seeds. Measured on 2 CPU cores
 in 32 min 30 s for the 12 runs (two launches: 8 min 43 s for the first four, with the data
-generation; 23 min 47 s for the other eight): test accuracy (%, mean ± std) Transformer 34.87 ± 1.10, Local
-35.20 ± 1.05, Linear Transformer 33.43 ± 0.72, Performer 33.37 ± 0.81 (the most frequent
-answer: 15.6%). LRA's gap between softmax and the efficient variants does not show at these
-lengths; see the README (`Reproductions`).
+generation; 23 min 47 s for the other eight): test accuracy (%, mean ± std) Transformer
+34.87 ± 1.10, Local 35.20 ± 1.05, Linear Transformer 33.43 ± 0.72, Performer 33.37 ± 0.81
+(the most frequent answer: 15.6%). LRA's gap between softmax and the efficient variants does
+not show at these lengths; see the README (`Reproductions`).
 """
 
 import ml_collections

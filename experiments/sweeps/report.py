@@ -26,9 +26,8 @@ def load(workdir: str) -> tuple[dict, list[dict]]:
   runs = []
   for run in sweep["runs"]:
     path = os.path.join(workdir, run["name"])
-    records = metrics.read(path) if os.path.exists(os.path.join(path, "metrics.jsonl")) else []
-    final = next((r for r in reversed(records) if r.get("final")), None)
-    runs.append(dict(run, final=final, records=records,
+    records = metrics.read(path)
+    runs.append(dict(run, final=metrics.final(records), records=records,
                      failed=os.path.exists(os.path.join(path, "failure.json"))))
   return sweep["table"], runs
 

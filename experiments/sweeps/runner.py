@@ -29,17 +29,13 @@ POLL_SECONDS = 1.0
 def status(workdir: str) -> str:
   if os.path.exists(os.path.join(workdir, FAILURE)):
     return "failed"
-  if any(r.get("final") for r in _records(workdir)):
+  if metrics.final(metrics.read(workdir)) is not None:
     return "finished"
   return "pending"
 
 
-def _records(workdir: str) -> list[dict]:
-  return metrics.read(workdir) if os.path.exists(os.path.join(workdir, "metrics.jsonl")) else []
-
-
 def _last_step(workdir: str) -> int:
-  return max((r["step"] for r in _records(workdir)), default=0)
+  return max((r["step"] for r in metrics.read(workdir)), default=0)
 
 
 def _train_in_child(config, workdir: str, parent: int) -> None:
@@ -81,12 +77,11 @@ def write_results(workdir: str, runs: list[grid.Run]) -> str:
     run_dir = os.path.join(workdir, run.name)
     entry = dict(name=run.name, labels=run.labels, overrides=run.overrides,
                  status=status(run_dir))
-    final = [r for r in _records(run_dir) if r.get("final")]
-    if final:
-      entry["final"] = {k: v for k, v in final[-1].items() if k not in ("step", "final")}
+    final = metrics.final(metrics.read(run_dir))
+    if final is not None:
+      entry["final"] = final
     if entry["status"] == "failed":
-      with open(os.path.join(run_dir, FAILURE), encoding="utf-8") as f:
-        entry["error"] = json.load(f)["error"]
+      entry["error"] = _error(run_dir)
     results.append(entry)
   path = os.path.join(workdir, "results.json")
   with open(path, "w", encoding="utf-8") as f:
@@ -105,10 +100,10 @@ def run_all(sweep, workdir: str, runs: list[grid.Run]) -> dict[str, str]:
   pending = [run for run in runs if states[run.name] == "pending"]
   context = multiprocessing.get_context("spawn")  # JAX is not fork-safe
   running: dict[str, tuple] = {}
-  total = sum(run.config.num_train_steps for run in runs)
-  progress = tqdm.tqdm(total=total, unit="step", desc=os.path.basename(os.path.normpath(workdir)),
-                       dynamic_ncols=True, initial=sum(
-                           _last_step(os.path.join(workdir, r.name)) for r in runs))
+  steps = {run.name: _last_step(os.path.join(workdir, run.name)) for run in runs}
+  progress = tqdm.tqdm(total=sum(run.config.num_train_steps for run in runs), unit="step",
+                       desc=os.path.basename(os.path.normpath(workdir)), dynamic_ncols=True,
+                       initial=sum(steps.values()))
   try:
     while pending or running:
       while pending and len(running) < sweep.parallel:
@@ -120,6 +115,7 @@ def run_all(sweep, workdir: str, runs: list[grid.Run]) -> dict[str, str]:
         running[run.name] = (process, run_dir)
       time.sleep(POLL_SECONDS)
       for name, (process, run_dir) in list(running.items()):
+        steps[name] = _last_step(run_dir)  # only running runs move
         if process.exitcode is None:
           continue
         del running[name]
@@ -130,8 +126,7 @@ def run_all(sweep, workdir: str, runs: list[grid.Run]) -> dict[str, str]:
         write_results(workdir, runs)
         if states[name] == "failed":
           tqdm.tqdm.write(f"{name}: FAILED ({_error(run_dir)}); see {run_dir}/log.txt")
-      done = sum(_last_step(os.path.join(workdir, r.name)) for r in runs)
-      progress.update(done - progress.n)
+      progress.update(sum(steps.values()) - progress.n)
       counts = {s: list(states.values()).count(s) for s in ("finished", "failed")}
       progress.set_postfix(runs=f"{counts['finished']}/{len(runs)} done", failed=counts["failed"],
                            running=",".join(running) or "-")
