@@ -1,27 +1,37 @@
 """Incremental (token-by-token) decoding state for each variant, behind one interface.
 
-    cache = init(name, bound_options, batch, max_length, kv_heads, head_dim, dtype)
-    out, cache = step(name, bound_options, cache, query, key, value)   # T = S = 1
+    cache = init(name, bound_options, batch, max_length, num_heads, kv_heads, head_dim, dtype)
+    out, cache = step(name, bound_options, cache, query, key, value, **inputs)  # T = S = 1
 
 Each step equals the variant's causal attention at that position over the whole prefix.
+Which decoder a variant has is part of its registry entry (`Variant.decoder`).
 """
 
 from __future__ import annotations
+
+from typing import Callable, NamedTuple
 
 import jax
 import jax.numpy as jnp
 
 import attention_zoo
-from attention_zoo import linear, masking, validation
+from attention_zoo import masking, validation
 
 
-# Variants that compute softmax in a way that needs the whole sequence (local: blocks of a
-# band, whose band the rolling cache already is; ring: a sequence split over devices): a
-# decoding step, one query, runs what they compute, softmax, over the cache.
-AS_SOFTMAX = ("local", "ring")
+class Decoder(NamedTuple):
+  """How a variant decodes one token at a time.
+
+  init(options, batch, max_length, num_heads, kv_heads, head_dim, dtype) -> cache;
+  step(name, options, cache, query, key, value, **inputs) -> (out, cache).
+  `as_softmax`: one query at a time is computed as the softmax the variant equals (its
+  blocks, band or device split need a whole sequence), in decoding and in cross-attention.
+  """
+  init: Callable
+  step: Callable
+  as_softmax: bool = False
 
 
-def _kv_init(options, batch, max_length, kv_heads, head_dim, dtype):
+def _kv_init(options, batch, max_length, num_heads, kv_heads, head_dim, dtype):
   """Keys and values of every position so far (softmax, chunked)."""
   zeros = jnp.zeros((batch, max_length, kv_heads, head_dim), dtype)
   return dict(key=zeros, value=zeros, index=jnp.zeros((), jnp.int32))
@@ -32,10 +42,10 @@ def _window_size(options):
   return left + 1
 
 
-def _window_init(options, batch, max_length, kv_heads, head_dim, dtype):
+def _window_init(options, batch, max_length, num_heads, kv_heads, head_dim, dtype):
   """A rolling cache of the last left + 1 keys and values (local): position p in slot p % W."""
-  return _kv_init(options, batch, min(_window_size(options), max_length), kv_heads, head_dim,
-                  dtype)
+  return _kv_init(options, batch, min(_window_size(options), max_length), num_heads, kv_heads,
+                  head_dim, dtype)
 
 
 def _cached_step(name, options, cache, query, key, value):
@@ -50,48 +60,54 @@ def _cached_step(name, options, cache, query, key, value):
   # (which would compare the query's index 0 with the slots'), so both are unbound here.
   filled = jnp.full((query.shape[0],), jnp.minimum(i + 1, size), jnp.int32)
   options = {k: v for k, v in options.items() if k not in ("is_causal", "local_window_size")}
-  if name in AS_SOFTMAX:  # see AS_SOFTMAX: plain softmax over the cache's slots
+  if _entry(name).decoder.as_softmax:
     name, options = "softmax", {k: v for k, v in options.items() if k == "scale"}
   attend = attention_zoo.get(name, **options)
   return attend(query, cache["key"], cache["value"], key_value_seq_lengths=filled), cache
 
 
-def _recurrent_init(options, batch, max_length, kv_heads, head_dim, dtype):
-  return linear.init_state(batch, kv_heads, head_dim,
-                           **{k: options[k] for k in ("feature_map", "num_features")
-                              if k in options})
+KV_CACHE = Decoder(_kv_init, _cached_step)
+# local: softmax over a rolling cache of its band; ring: softmax over the whole cache.
+WINDOW_CACHE = Decoder(_window_init, _cached_step, as_softmax=True)
+SOFTMAX_KV_CACHE = Decoder(_kv_init, _cached_step, as_softmax=True)
 
 
-def _recurrent_step(name, options, cache, query, key, value):
-  return linear.recurrent_step(cache, query, key, value, **options)
+def recurrent(module) -> Decoder:
+  """The recurrent state of a module with `init_state(batch, num_heads, kv_heads, head_dim,
+  **options)` and `recurrent_step(state, query, key, value, **options, **inputs)`."""
+
+  def init(options, batch, max_length, num_heads, kv_heads, head_dim, dtype):
+    return module.init_state(batch, num_heads, kv_heads, head_dim, **options)
+
+  def step(name, options, cache, query, key, value, **inputs):
+    return module.recurrent_step(cache, query, key, value, **options, **inputs)
+
+  return Decoder(init, step)
 
 
-# variant -> (init, step). A variant missing here cannot be decoded incrementally.
-DECODERS = {
-    "softmax": (_kv_init, _cached_step),
-    "chunked": (_kv_init, _cached_step),
-    "local": (_window_init, _cached_step),
-    "linear": (_recurrent_init, _recurrent_step),
-    "ring": (_kv_init, _cached_step),
-}
+def _entry(name):
+  return attention_zoo.registry.entry(name)
 
 
-def _decoder(name):
-  if name not in DECODERS:
+def _decoder(name) -> Decoder:
+  decoder = _entry(name).decoder
+  if decoder is None:
     raise NotImplementedError(f"{name} attention has no incremental decoding form; "
-                              f"variants with one: {sorted(DECODERS)}")
-  return DECODERS[name]
+                              f"variants with one: {attention_zoo.registry.names(decodes=True)}")
+  return decoder
 
 
-def init(name, options, batch, max_length, kv_heads, head_dim, dtype=jnp.float32):
+def init(name, options, batch, max_length, num_heads, kv_heads, head_dim, dtype=jnp.float32):
   options = {**attention_zoo.options(name), **options}
-  return _decoder(name)[0](options, batch, max_length, kv_heads, head_dim, dtype)
+  return _decoder(name).init(options, batch, max_length, num_heads, kv_heads, head_dim, dtype)
 
 
-def step(name, options, cache, query, key, value):
-  """Attention of one new query over the prefix so far; returns (out [B,1,N,H], cache)."""
-  return _decoder(name)[1](name, {**attention_zoo.options(name), **options}, cache, query, key,
-                           value)
+def step(name, options, cache, query, key, value, **inputs):
+  """Attention of one new query over the prefix so far; returns (out [B,1,N,H], cache).
+
+  `inputs` are the variant's per-token inputs at this position (e.g. log_gate [B, 1, N])."""
+  return _decoder(name).step(name, {**attention_zoo.options(name), **options}, cache, query,
+                             key, value, **inputs)
 
 
 def attend_at(name, options, position, query, key, value, key_value_seq_lengths=None):
@@ -103,7 +119,8 @@ def attend_at(name, options, position, query, key, value, key_value_seq_lengths=
   """
   options = {**attention_zoo.options(name), **options}
   window = options.pop("local_window_size", None)
-  if window is None and name not in AS_SOFTMAX:
+  decoder = _entry(name).decoder
+  if window is None and not (decoder is not None and decoder.as_softmax):
     return attention_zoo.get(name, **options)(query, key, value,
                                               key_value_seq_lengths=key_value_seq_lengths)
   mask = None

@@ -1,4 +1,9 @@
-"""One Flax (NNX) multi-head attention layer whose attention function is chosen by name."""
+"""One Flax (NNX) multi-head attention layer whose attention function is chosen by name.
+
+What a variant needs around it is read from its registry entry, never from its name: the
+projections of its per-token inputs (gates, beta), L2-normalised queries and keys (the
+delta rule), an output norm per head (the gated recurrences).
+"""
 
 from __future__ import annotations
 
@@ -8,7 +13,13 @@ import jax.numpy as jnp
 from flax import nnx
 
 import attention_zoo
-from attention_zoo import decoding, registry
+from attention_zoo import decoding, gates, registry
+
+
+def _l2_normalize(x, eps=1e-6):
+  x32 = x.astype(jnp.float32)
+  return (x32 * jnp.reciprocal(jnp.sqrt(jnp.sum(x32 * x32, -1, keepdims=True) + eps))).astype(
+      x.dtype)
 
 
 class MultiHeadAttention(nnx.Module):
@@ -24,6 +35,7 @@ class MultiHeadAttention(nnx.Module):
                head_dim: int | None = None, rngs: nnx.Rngs):
     self.attention, self.options = attention, registry.frozen(options or {})
     attention_zoo.get(attention, **dict(self.options))  # a bad name or option fails at build
+    entry = registry.entry(attention)
     self.num_heads, self.num_kv_heads = num_heads, num_kv_heads or num_heads
     self.head_dim = head_dim or features // num_heads
     if features % num_heads and head_dim is None:
@@ -35,31 +47,48 @@ class MultiHeadAttention(nnx.Module):
     self.query = project((self.num_heads, self.head_dim))
     self.key = project((self.num_kv_heads, self.head_dim))
     self.value = project((self.num_kv_heads, self.head_dim))
+    self.inputs = nnx.Dict({
+        name: gates.PROJECTIONS[spec.projection](features, self.num_heads, self.head_dim,
+                                                 spec.per_head_dim, rngs=rngs)
+        for name, spec in entry.inputs.items()})
+    self.normalize_qk = entry.normalize_qk
+    self.output_norm = nnx.RMSNorm(self.head_dim, rngs=rngs) if entry.output_norm else None
     self.out = nnx.LinearGeneral((self.num_heads, self.head_dim), features, axis=(-2, -1),
                                  use_bias=False, rngs=rngs)
+
+  def _project(self, x, context):
+    """Queries, keys, values and the variant's per-token inputs (computed from x)."""
+    q, k, v = self.query(x), self.key(context), self.value(context)
+    if self.normalize_qk:
+      q, k = _l2_normalize(q), _l2_normalize(k)
+    return q, k, v, {name: projection(x) for name, projection in self.inputs.items()}
+
+  def _output(self, out):
+    return self.out(out if self.output_norm is None else self.output_norm(out))
 
   def __call__(self, x, context=None, *, is_causal=False, query_lengths=None,
                context_lengths=None):
     """x [B, T, D] (and context [B, S, D]) -> [B, T, D]; lengths are int32 [B] padding."""
-    context = x if context is None else context
+    q, k, v, inputs = self._project(x, x if context is None else context)
     attend = attention_zoo.get(self.attention, **dict(self.options))
-    out = attend(self.query(x), self.key(context), self.value(context), is_causal=is_causal,
-                 query_seq_lengths=query_lengths, key_value_seq_lengths=context_lengths)
-    return self.out(out)
+    out = attend(q, k, v, is_causal=is_causal, query_seq_lengths=query_lengths,
+                 key_value_seq_lengths=context_lengths, **inputs)
+    return self._output(out)
 
   def attend_at(self, x, context, position, context_lengths=None):
     """Non-causal attention (decoding cross-attention) of x [B, T, D] standing at `position`."""
-    out = decoding.attend_at(self.attention, dict(self.options), position, self.query(x),
-                             self.key(context), self.value(context), context_lengths)
-    return self.out(out)
+    q, k, v, _ = self._project(x, context)
+    out = decoding.attend_at(self.attention, dict(self.options), position, q, k, v,
+                             context_lengths)
+    return self._output(out)
 
   def init_cache(self, batch: int, max_length: int, dtype=jnp.float32):
     """The decoding state of causal self-attention (see `attention_zoo.decoding`)."""
-    return decoding.init(self.attention, dict(self.options), batch, max_length,
+    return decoding.init(self.attention, dict(self.options), batch, max_length, self.num_heads,
                          self.num_kv_heads, self.head_dim, dtype)
 
   def decode_step(self, x, cache):
     """Causal self-attention of one new position x [B, 1, D] over the prefix: (y, cache)."""
-    out, cache = decoding.step(self.attention, dict(self.options), cache, self.query(x),
-                               self.key(x), self.value(x))
-    return self.out(out), cache
+    q, k, v, inputs = self._project(x, x)
+    out, cache = decoding.step(self.attention, dict(self.options), cache, q, k, v, **inputs)
+    return self._output(out), cache

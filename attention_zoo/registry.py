@@ -1,26 +1,70 @@
-"""Name -> attention variant. Adding a variant: one module, one entry in VARIANTS."""
+"""Name -> attention variant and what it can do.
+
+Adding a variant: one module and one entry in VARIANTS. Everything the rest of the code
+needs to know about a variant (its decoder, its per-token inputs and the layer-side
+projections that make them, whether it is causal only, which call arguments it refuses,
+whether it splits sequences over a mesh axis) is on its entry, so nothing else keeps a
+list of names.
+"""
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import inspect
-from typing import Callable, NamedTuple
+from typing import Callable, Mapping, NamedTuple
 
 import jax
 
-from attention_zoo import chunked, linear, local, ring, softmax, validation
+from attention_zoo import chunked, decoding, linear, local, ring, softmax, validation
 
-class Variant(NamedTuple):
+
+class Input(NamedTuple):
+  """A per-token array a variant takes besides q, k and v: traced, unlike options."""
+  per_head_dim: bool  # shape [B, T, N, H] if True, else [B, T, N] (one value per query head)
+  projection: str     # how the layer computes it: a name in attention_zoo.gates.PROJECTIONS
+  bounds: tuple[float, float]  # the open or closed range of its values, e.g. (0, 1) for beta
+
+  def shape(self, query_shape) -> tuple[int, ...]:
+    """Its shape for a query of shape [B, T, N, H]."""
+    return tuple(query_shape) if self.per_head_dim else tuple(query_shape[:3])
+
+
+@dataclasses.dataclass(frozen=True)
+class Variant:
   fn: Callable                                  # the attention function
   check_options: Callable = lambda **_: None    # validates option values at lookup
+  decoder: decoding.Decoder | None = None       # incremental decoding; None: it has none
+  inputs: Mapping[str, Input] = dataclasses.field(default_factory=dict)
+  causal_only: bool = False                     # is_causal=True and T == S, or it raises
+  refuses: tuple[str, ...] = ()                 # call arguments it raises on, never ignores
+  mesh_axis_option: str | None = None           # its option naming the mesh axis it splits
+  normalize_qk: bool = False                    # the layer L2-normalises q and k (delta rule)
+  output_norm: bool = False                     # the layer RMS-normalises each head's output
 
+  @property
+  def decodes(self) -> bool:
+    return self.decoder is not None
+
+  @property
+  def splits_sequences(self) -> bool:
+    return self.mesh_axis_option is not None
+
+
+# What a causal-only recurrence refuses (besides is_causal=False).
+_RECURRENCE_REFUSES = ("bias", "mask", "local_window_size")
 
 VARIANTS: dict[str, Variant] = {
-    softmax.NAME: Variant(softmax.softmax_attention),
-    chunked.NAME: Variant(chunked.chunked_attention, chunked.check_options),
-    local.NAME: Variant(local.local_attention, local.check_options),
-    linear.NAME: Variant(linear.linear_attention, linear.check_options),
-    ring.NAME: Variant(ring.ring_attention, ring.check_options),
+    softmax.NAME: Variant(softmax.softmax_attention, decoder=decoding.KV_CACHE),
+    chunked.NAME: Variant(chunked.chunked_attention, chunked.check_options,
+                          decoder=decoding.KV_CACHE),
+    local.NAME: Variant(local.local_attention, local.check_options,
+                        decoder=decoding.WINDOW_CACHE),
+    linear.NAME: Variant(linear.linear_attention, linear.check_options,
+                         decoder=decoding.recurrent(linear), refuses=_RECURRENCE_REFUSES),
+    ring.NAME: Variant(ring.ring_attention, ring.check_options,
+                       decoder=decoding.SOFTMAX_KV_CACHE, refuses=("bias", "mask"),
+                       mesh_axis_option="axis_name"),
 }
 
 # Keyword arguments of jax.nn.dot_product_attention that any variant may take.
@@ -31,16 +75,24 @@ STATIC_ARGUMENTS = ("scale", "is_causal", "local_window_size")
 _UNSET = object()
 
 
-def names() -> list[str]:
-  """The registered variant names."""
-  return sorted(VARIANTS)
+def names(**capabilities) -> list[str]:
+  """The registered variant names; with `capabilities`, those whose entry has them, e.g.
+  `names(causal_only=False)` or `names(decodes=True)`."""
+  return sorted(name for name, variant in VARIANTS.items()
+                if all(getattr(variant, field) == value for field, value in capabilities.items()))
+
+
+def entry(name: str) -> Variant:
+  """The registry entry of `name`: its function and what it can do."""
+  return _lookup(name)
 
 
 def options(name: str) -> dict[str, object]:
-  """A variant's own options and their defaults (beyond the shared call arguments)."""
-  params = inspect.signature(_lookup(name).fn).parameters.values()
-  return {p.name: p.default for p in params
-          if p.kind is p.KEYWORD_ONLY and p.name not in CALL_ARGUMENTS}
+  """A variant's own options and their defaults (beyond the call arguments and inputs)."""
+  variant = _lookup(name)
+  params = inspect.signature(variant.fn).parameters.values()
+  return {p.name: p.default for p in params if p.kind is p.KEYWORD_ONLY
+          and p.name not in CALL_ARGUMENTS and p.name not in variant.inputs}
 
 
 def frozen(options: dict) -> tuple:
@@ -72,7 +124,7 @@ def _get(name: str, bound: tuple) -> "Attention":
   validation.check_scale(name, bound.get("scale"))
   if bound.get("local_window_size") is not None:
     bound["local_window_size"] = validation.normalize_window(name, bound["local_window_size"])
-  return Attention(name, variant.fn, bound)
+  return Attention(name, variant, bound)
 
 
 def _lookup(name: str) -> Variant:
@@ -88,14 +140,20 @@ class Attention:
   static arguments (`jitted` is the underlying `jax.jit` function).
   """
 
-  def __init__(self, name: str, fn: Callable, bound: dict):
-    self.name, self.bound = name, dict(bound)
-    self.jitted = jax.jit(functools.partial(fn, **bound), static_argnames=STATIC_ARGUMENTS)
-    functools.update_wrapper(self, fn)
+  def __init__(self, name: str, variant: Variant, bound: dict):
+    self.name, self.bound, self.inputs = name, dict(bound), tuple(variant.inputs)
+    self.jitted = jax.jit(functools.partial(variant.fn, **bound),
+                          static_argnames=STATIC_ARGUMENTS)
+    functools.update_wrapper(self, variant.fn)
 
   def __call__(self, query, key, value, bias=None, mask=None, *, scale=_UNSET,
                is_causal=_UNSET, query_seq_lengths=None, key_value_seq_lengths=None,
-               local_window_size=_UNSET):
+               local_window_size=_UNSET, **inputs):
+    """`inputs`: the variant's per-token arrays (e.g. `log_gate`), see `entry(name).inputs`."""
+    unknown = sorted(set(inputs) - set(self.inputs))
+    if unknown:
+      raise ValueError(f"{self.name}: unexpected argument(s) {unknown}; its per-token inputs "
+                       f"are {list(self.inputs)}")
     given = dict(scale=scale, is_causal=is_causal, local_window_size=local_window_size)
     static = {k: v for k, v in given.items() if v is not _UNSET}
     if static.get("local_window_size") is not None:
@@ -104,7 +162,7 @@ class Attention:
     if "is_causal" in static:
       static["is_causal"] = bool(static["is_causal"])
     return self.jitted(query, key, value, bias, mask, query_seq_lengths=query_seq_lengths,
-                       key_value_seq_lengths=key_value_seq_lengths, **static)
+                       key_value_seq_lengths=key_value_seq_lengths, **static, **inputs)
 
   def __repr__(self) -> str:
     bound = ", ".join(f"{k}={v!r}" for k, v in self.bound.items())

@@ -18,6 +18,26 @@ def variant_options() -> ml_collections.ConfigDict:
   return ml_collections.ConfigDict(options)
 
 
+def attention_fields(variant: str) -> dict[str, str]:
+  """Config fields that put `variant` in every attention role it can take: a causal-only
+  variant (a recurrence) takes the decoder's self-attention and softmax the other roles."""
+  fields = {"model.attention": variant}
+  if attention_zoo.registry.entry(variant).causal_only:
+    fields.update({"model.encoder_attention": "softmax", "model.cross_attention": "softmax"})
+  return fields
+
+
+def override(config, fields: dict) -> ml_collections.ConfigDict:
+  """Sets dotted `fields` ({"model.attention": "linear", ...}) on `config`, in place."""
+  for dotted, value in fields.items():
+    node = config
+    *path, last = dotted.split(".")
+    for part in path:
+      node = node[part]
+    node[last] = value
+  return config
+
+
 def for_task(task: str, **data) -> ml_collections.ConfigDict:
   """The defaults with `config.data.task` (and any `data` fields) set, locked."""
   c = get_config()
@@ -50,8 +70,9 @@ def get_config() -> ml_collections.ConfigDict:
   c.data.eval_batch_size = 64
 
   c.model = ml_collections.ConfigDict()
-  c.model.attention = "softmax"     # encoder and decoder self-attention: attention_zoo.names()
+  c.model.attention = "softmax"     # decoder (and encoder) self-attention: attention_zoo.names()
   c.model.cross_attention = config_dict.placeholder(str)  # None: the same as attention
+  c.model.encoder_attention = config_dict.placeholder(str)  # None: the same as attention
   c.model.options = variant_options()
   c.model.d_model = 128
   c.model.num_heads = 4

@@ -6,7 +6,7 @@ import json
 import os
 
 import attention_zoo
-from configs import copy as copy_config
+from configs import base, copy as copy_config
 from experiments import metrics, train
 
 HEADER = ("| variant | exact-sequence accuracy (test) | exact (test_long) | test loss | "
@@ -14,8 +14,7 @@ HEADER = ("| variant | exact-sequence accuracy (test) | exact (test_long) | test
 
 
 def config(variant: str):
-  c = copy_config.get_config()
-  c.model.attention = variant
+  c = base.override(copy_config.get_config(), base.attention_fields(variant))
   # Small enough for a few minutes per variant on 2 CPU cores.
   c.data.max_length, c.data.long_max_length, c.data.num_train = 16, 24, 10_000
   c.num_train_steps, c.eval_every, c.checkpoint_every, c.log_every = 600, 300, 300, 100

@@ -27,8 +27,9 @@ class TransformerConfig:
   num_encoder_layers: int = 2
   num_decoder_layers: int = 2
   dropout_rate: float = 0.0
-  attention: str = "softmax"          # encoder and decoder self-attention
+  attention: str = "softmax"          # decoder self-attention (and encoder's, by default)
   cross_attention: str | None = None  # None: the same as `attention`
+  encoder_attention: str | None = None  # None: the same as `attention`
   attention_options: tuple = ()       # ((variant, ((option, value), ...)), ...)
 
   def options(self, variant: str) -> dict:
@@ -59,12 +60,13 @@ class _FeedForward(nnx.Module):
 class _Block(nnx.Module):
   """Self-attention, optional cross-attention and a feed-forward layer, each pre-normed."""
 
-  def __init__(self, cfg: TransformerConfig, *, cross: bool, rngs: nnx.Rngs):
+  def __init__(self, cfg: TransformerConfig, *, cross: bool, self_attention: str,
+               rngs: nnx.Rngs):
     attention = lambda name: MultiHeadAttention(
         cfg.d_model, cfg.num_heads, attention=name, options=cfg.options(name),
         num_kv_heads=cfg.num_kv_heads, rngs=rngs)
     self.self_norm, self.self_attention = nnx.LayerNorm(cfg.d_model, rngs=rngs), attention(
-        cfg.attention)
+        self_attention)
     self.cross_norm = nnx.LayerNorm(cfg.d_model, rngs=rngs) if cross else None
     self.cross_attention = attention(cfg.cross_attention or cfg.attention) if cross else None
     self.ff_norm, self.ff = nnx.LayerNorm(cfg.d_model, rngs=rngs), _FeedForward(cfg, rngs)
@@ -95,9 +97,10 @@ class Transformer(nnx.Module):
   def __init__(self, cfg: TransformerConfig, *, rngs: nnx.Rngs):
     self.cfg = cfg
     self.embed = nnx.Embed(cfg.vocab_size, cfg.d_model, rngs=rngs)
-    self.encoder = nnx.List([_Block(cfg, cross=False, rngs=rngs)
-                             for _ in range(cfg.num_encoder_layers)])
-    self.decoder = nnx.List([_Block(cfg, cross=True, rngs=rngs)
+    self.encoder = nnx.List([
+        _Block(cfg, cross=False, self_attention=cfg.encoder_attention or cfg.attention,
+               rngs=rngs) for _ in range(cfg.num_encoder_layers)])
+    self.decoder = nnx.List([_Block(cfg, cross=True, self_attention=cfg.attention, rngs=rngs)
                              for _ in range(cfg.num_decoder_layers)])
     self.encoder_norm = nnx.LayerNorm(cfg.d_model, rngs=rngs)
     self.decoder_norm = nnx.LayerNorm(cfg.d_model, rngs=rngs)

@@ -16,6 +16,8 @@ import jax
 import numpy as np
 from jax.sharding import NamedSharding, PartitionSpec as P
 
+from attention_zoo import registry
+
 AXES = ("data", "fsdp", "sequence")
 BATCH_AXES = ("data", "fsdp")
 
@@ -76,10 +78,13 @@ def check_batches(mesh: jax.sharding.Mesh, config) -> None:
         raise ValueError(f"config.data.{field}={size} does not divide evenly over {what}; "
                          f"use a multiple of {parts}")
   sequence = mesh.shape["sequence"]
-  roles = {config.model.attention, config.model.cross_attention or config.model.attention}
-  if sequence > 1 and "ring" not in roles:
-    raise ValueError(f"config.mesh.sequence={sequence} splits sequences, which only ring "
-                     f"attention does; set config.model.attention='ring' (roles: {roles})")
+  roles = {config.model.attention, config.model.cross_attention or config.model.attention,
+           config.model.encoder_attention or config.model.attention}
+  splitters = registry.names(splits_sequences=True)
+  if sequence > 1 and not roles & set(splitters):
+    raise ValueError(f"config.mesh.sequence={sequence} splits sequences, which only "
+                     f"{splitters} attention does; set config.model.attention to one "
+                     f"(roles: {sorted(roles)})")
 
 
 def split_lengths(lengths: dict, sequence: int) -> dict:

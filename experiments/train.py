@@ -30,13 +30,14 @@ from experiments.model import Transformer, TransformerConfig
 def model_config(config, vocab_size: int) -> TransformerConfig:
   """The typed model config: model code never reads a ConfigDict."""
   m = config.model
-  used = {m.attention, m.cross_attention or m.attention}
+  used = {m.attention, m.cross_attention or m.attention, m.encoder_attention or m.attention}
   options = tuple((name, registry.frozen(m.options[name])) for name in sorted(used))
   return TransformerConfig(
       vocab_size=vocab_size, d_model=m.d_model, num_heads=m.num_heads,
       num_kv_heads=m.num_kv_heads, d_ff=m.d_ff, num_encoder_layers=m.num_encoder_layers,
       num_decoder_layers=m.num_decoder_layers, dropout_rate=m.dropout_rate,
-      attention=m.attention, cross_attention=m.cross_attention, attention_options=options)
+      attention=m.attention, cross_attention=m.cross_attention,
+      encoder_attention=m.encoder_attention, attention_options=options)
 
 
 def learning_rate_schedule(cfg, num_steps: int) -> optax.Schedule:

@@ -10,13 +10,14 @@ from flax import nnx
 import attention_zoo
 from experiments import decode
 from experiments.model import Transformer, TransformerConfig
+from tests import tiny
 
 B, S, T = 3, 7, 6
 
 
 def _setup(variant):
   cfg = TransformerConfig(vocab_size=12, d_model=32, num_heads=4, num_kv_heads=2, d_ff=64,
-                          attention=variant,
+                          attention=variant, **tiny.model_roles(variant),
                           attention_options=(("local", (("local_window_size", 2),)),))
   graphdef, params = nnx.split(Transformer(cfg, rngs=nnx.Rngs(1)))
   rng = np.random.default_rng(0)

@@ -24,7 +24,28 @@ def _arrays(dtype=jnp.float32, seed=0, t=T, s=S):
           jnp.asarray(rng.normal(size=(B, s, K, H)), dtype))
 
 
+def _inputs(name, query_shape, seed=0):
+  """The variant's per-token inputs (its registry entry's), drawn inside their bounds."""
+  rng = np.random.default_rng(seed)
+  inputs = {}
+  for input_name, spec in registry.entry(name).inputs.items():
+    low, high = max(spec.bounds[0], -3.0), min(spec.bounds[1], 3.0)
+    inputs[input_name] = jnp.asarray(
+        rng.uniform(low + 0.05 * (high - low), high - 0.05 * (high - low),
+                    size=spec.shape(query_shape)), jnp.float32)
+  return inputs
+
+
+def _call(name, attend, q, k, v, **kwargs):
+  """attend(q, k, v, **kwargs) with the variant's inputs added; keys unit-norm for a variant
+  whose layer normalises them (the delta rule is only a contraction on unit keys)."""
+  if registry.entry(name).normalize_qk:
+    k = k / jnp.linalg.norm(k.astype(jnp.float32), axis=-1, keepdims=True).astype(k.dtype)
+  return attend(q, k, v, **kwargs, **_inputs(name, q.shape))
+
+
 NAMES = attention_zoo.names()
+CAUSAL_ONLY = registry.names(causal_only=True)
 
 
 def test_the_four_variants_are_registered():
@@ -34,8 +55,9 @@ def test_the_four_variants_are_registered():
 @pytest.mark.parametrize("name", NAMES)
 @pytest.mark.parametrize("dtype", [jnp.float32, jnp.bfloat16, jnp.float16])
 def test_shape_and_dtype(name, dtype):
-  q, k, v = _arrays(dtype, t=7, s=11)
-  out = _get(name)(q, k, v)
+  causal_only = name in CAUSAL_ONLY  # those need T == S and is_causal
+  q, k, v = _arrays(dtype, t=7 if not causal_only else 11, s=11)
+  out = _call(name, _get(name), q, k, v, **(dict(is_causal=True) if causal_only else {}))
   assert out.shape == q.shape and out.dtype == dtype
   assert bool(jnp.isfinite(out).all())
 
@@ -43,13 +65,14 @@ def test_shape_and_dtype(name, dtype):
 @pytest.mark.parametrize("name", NAMES)
 def test_finite_on_large_logits_and_on_rows_with_no_key(name):
   q, k, v = _arrays()
-  out = _get(name)(q * 1e3, k * 1e3, v, query_seq_lengths=jnp.array([T, 5], jnp.int32),
-                   key_value_seq_lengths=jnp.array([0, S], jnp.int32), is_causal=True)
+  out = _call(name, _get(name), q * 1e3, k * 1e3, v,
+              query_seq_lengths=jnp.array([T, 5], jnp.int32),
+              key_value_seq_lengths=jnp.array([0, S], jnp.int32), is_causal=True)
   assert bool(jnp.isfinite(out).all())
   np.testing.assert_array_equal(out[0], 0.0)      # batch 0 may attend no key at all
   np.testing.assert_array_equal(out[1, 5:], 0.0)  # padded query rows
-  grads = jax.grad(lambda q, k, v: _get(name)(q, k, v, is_causal=True).sum(), (0, 1, 2))(
-      q * 1e3, k * 1e3, v)
+  grads = jax.grad(lambda q, k, v: _call(name, _get(name), q, k, v, is_causal=True).sum(),
+                   (0, 1, 2))(q * 1e3, k * 1e3, v)
   assert all(bool(jnp.isfinite(g).all()) for g in grads)
 
 
@@ -59,7 +82,8 @@ def test_causality_by_gradients(name):
   q, k, v = _arrays()
   attend = _get(name)
   for t in (0, 6, T - 1):
-    dk, dv = jax.grad(lambda k, v: attend(q, k, v, is_causal=True)[:, t].sum(), (0, 1))(k, v)
+    dk, dv = jax.grad(lambda k, v: _call(name, attend, q, k, v, is_causal=True)[:, t].sum(),
+                      (0, 1))(k, v)
     for g in (dk, dv):
       np.testing.assert_array_equal(g[:, t + 1:], 0.0)
     assert float(jnp.abs(dv[:, :t + 1]).max()) > 0
@@ -74,8 +98,9 @@ def test_jit_and_no_jit_agree_without_retracing(name):
   before = attend.jitted._cache_size()
   for seed in range(3):
     q, k, v = _arrays(seed=seed, t=T + 4)  # a shape no other test uses
-    np.testing.assert_allclose(attend(q, k, v, is_causal=True),
-                               raw(q, k, v, is_causal=True, **attend.bound), atol=1e-6)
+    np.testing.assert_allclose(_call(name, attend, q, k, v, is_causal=True),
+                               _call(name, raw, q, k, v, is_causal=True, **attend.bound),
+                               atol=1e-6)
   assert attend.jitted._cache_size() == before + 1
 
 
@@ -84,8 +109,14 @@ def test_options_bind_like_partial(name):
   """is_causal bound at lookup equals passing it at call time; the call overrides it."""
   q, k, v = _arrays()
   bound = _get(name, is_causal=True)
-  np.testing.assert_array_equal(bound(q, k, v), _get(name)(q, k, v, is_causal=True))
-  np.testing.assert_array_equal(bound(q, k, v, is_causal=False), _get(name)(q, k, v))
+  np.testing.assert_array_equal(_call(name, bound, q, k, v),
+                                _call(name, _get(name), q, k, v, is_causal=True))
+  if name in CAUSAL_ONLY:
+    with pytest.raises(NotImplementedError, match=f"^{name}.*is_causal"):
+      _call(name, bound, q, k, v, is_causal=False)
+  else:
+    np.testing.assert_array_equal(_call(name, bound, q, k, v, is_causal=False),
+                                  _call(name, _get(name), q, k, v))
 
 
 def _bad_inputs():
@@ -108,8 +139,9 @@ def _bad_inputs():
 @pytest.mark.parametrize("name", NAMES)
 def test_bad_input_raises_value_error(name, case):
   args, kwargs, message = _bad_inputs()[case]
+  causal = dict(is_causal=True) if name in CAUSAL_ONLY else {}
   with pytest.raises(ValueError, match=f"^{name}: .*{message}"):
-    _get(name)(*args, **kwargs)
+    _get(name)(*args, **kwargs, **causal, **_inputs(name, (B, T, N, H)))
 
 
 @pytest.mark.parametrize("name", NAMES)
@@ -132,8 +164,39 @@ def test_non_positive_sizes_raise(name):
     with pytest.raises(ValueError, match=f"{option} must be a positive int"):
       _get(name, **{option: 0})  # at lookup
     with pytest.raises(ValueError, match=f"{option} must be a positive int"):
-      registry.VARIANTS[name].fn(q, k, v, is_causal=True, **{
+      _call(name, registry.VARIANTS[name].fn, q, k, v, is_causal=True, **{
           **REQUIRED_OPTIONS.get(name, {}), option: 0})  # and when called directly
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_refused_arguments_raise_naming_them(name):
+  """What the registry entry says a variant refuses, it refuses (never ignores)."""
+  q, k, v = _arrays()
+  entry = registry.entry(name)
+  values = dict(bias=jnp.zeros((1, 1, T, S)), mask=jnp.ones((1, 1, T, S), bool),
+                local_window_size=(2, 2))
+  refused = [dict(is_causal=False)] if entry.causal_only else []
+  refused += [{argument: values[argument], "is_causal": True} for argument in entry.refuses]
+  for kwargs in refused:
+    argument = next(iter(kwargs))
+    with pytest.raises(NotImplementedError, match=f"^{name}.*{argument}"):
+      _call(name, _get(name), q, k, v, **kwargs)
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_per_token_inputs_are_checked(name):
+  """Inputs the entry does not declare raise; each declared one is required, with its shape."""
+  q, k, v = _arrays()
+  causal = dict(is_causal=True) if name in CAUSAL_ONLY else {}
+  with pytest.raises(ValueError, match=f"^{name}: unexpected argument.*'gate'"):
+    _get(name)(q, k, v, gate=jnp.zeros((B, T, N)), **causal)
+  inputs = _inputs(name, q.shape)
+  for missing in inputs:
+    given = {n: x for n, x in inputs.items() if n != missing}
+    with pytest.raises(ValueError, match=f"^{name}.*{missing}"):
+      _get(name)(q, k, v, **given, **causal)
+    with pytest.raises(ValueError, match=f"^{name}.*{missing}"):
+      _get(name)(q, k, v, **{**inputs, missing: inputs[missing][:, :-1]}, **causal)
 
 
 def test_lookups_are_shared():

@@ -1,13 +1,16 @@
 """Incremental decoding with each variant's cache equals recomputing the whole prefix."""
 
+import dataclasses
+
 import jax.numpy as jnp
 import numpy as np
 import pytest
 from flax import nnx
 
 import attention_zoo
-from attention_zoo import decoding
+from attention_zoo import decoding, registry
 from experiments.model import Transformer, TransformerConfig
+from tests import tiny
 
 B, T, N, K, H = 2, 11, 4, 2, 8
 OPTIONS = {"chunked": dict(query_chunk_size=4, key_chunk_size=3),
@@ -22,7 +25,7 @@ def test_attention_steps_equal_causal_attention(name, options):
   q = jnp.asarray(rng.normal(size=(B, T, N, H)), jnp.float32)
   k, v = (jnp.asarray(rng.normal(size=(B, T, K, H)), jnp.float32) for _ in range(2))
   full = attention_zoo.get(name, **options)(q, k, v, is_causal=True)
-  cache, steps = decoding.init(name, options, B, T, K, H), []
+  cache, steps = decoding.init(name, options, B, T, N, K, H), []
   for t in range(T):
     out, cache = decoding.step(name, options, cache, q[:, t:t + 1], k[:, t:t + 1], v[:, t:t + 1])
     steps.append(out)
@@ -31,7 +34,7 @@ def test_attention_steps_equal_causal_attention(name, options):
 
 @pytest.mark.parametrize("window", [(3, 0), (3, 5), 3])
 def test_local_cache_holds_only_the_window(window):
-  cache = decoding.init("local", dict(local_window_size=window), B, 100, K, H)
+  cache = decoding.init("local", dict(local_window_size=window), B, 100, N, K, H)
   assert cache["key"].shape == (B, 4, K, H)
 
 
@@ -40,7 +43,7 @@ def test_transformer_decoding_equals_full_decoder(name):
   """Every role (encoder, causal decoder, cross-attention) uses the variant; inputs padded."""
   options = tuple((n, tuple(sorted(o.items()))) for n, o in OPTIONS.items())
   cfg = TransformerConfig(vocab_size=20, d_model=32, num_heads=N, num_kv_heads=K, d_ff=64,
-                          attention=name, attention_options=options)
+                          attention=name, attention_options=options, **tiny.model_roles(name))
   model = Transformer(cfg, rngs=nnx.Rngs(0))
   rng = np.random.default_rng(0)
   inputs = jnp.asarray(rng.integers(3, 20, (B, 9)), jnp.int32)
@@ -56,6 +59,7 @@ def test_transformer_decoding_equals_full_decoder(name):
 
 
 def test_variant_without_decoding_form_raises(monkeypatch):
-  monkeypatch.delitem(decoding.DECODERS, "local")
+  monkeypatch.setitem(registry.VARIANTS, "local",
+                      dataclasses.replace(registry.entry("local"), decoder=None))
   with pytest.raises(NotImplementedError, match="local attention has no incremental decoding"):
-    decoding.init("local", dict(local_window_size=2), B, T, K, H)
+    decoding.init("local", dict(local_window_size=2), B, T, N, K, H)
