@@ -18,7 +18,6 @@ import functools
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 
 from attention_zoo import masking, online_softmax, validation
 
@@ -31,6 +30,7 @@ DEFAULT_QUERY_CHUNK_SIZE = 512
 DEFAULT_KEY_CHUNK_SIZE = 256
 
 
+@validation.call_forms(NAME)
 def chunked_attention(query, key, value, bias=None, mask=None, *, scale=None, is_causal=False,
                       query_seq_lengths=None, key_value_seq_lengths=None,
                       local_window_size=None, query_chunk_size=DEFAULT_QUERY_CHUNK_SIZE,
@@ -38,8 +38,9 @@ def chunked_attention(query, key, value, bias=None, mask=None, *, scale=None, is
   """Equal to `softmax` (to float32 rounding) on every argument, in O(T + S) memory.
 
   Blocks that causality or the window rule out entirely are skipped, not computed
-  and masked. Lengths need not be multiples of the chunk sizes. A query row that can
-  attend no key returns zeros. Supports reverse-mode differentiation (not forward mode).
+  and masked. Lengths need not be multiples of the chunk sizes, and chunk sizes above
+  them are clipped to them. A query row that can attend no key returns zeros; NaN reaches
+  the rows it does in `softmax`. Supports reverse-mode differentiation (not forward mode).
   """
   check_options(query_chunk_size, key_chunk_size)
   return blocked_attention(NAME, query, key, value, bias, mask, scale=scale,
@@ -62,11 +63,11 @@ def blocked_attention(variant, query, key, value, bias, mask, *, scale, is_causa
   dims = validation.check_inputs(variant, query, key, value, bias, mask,
                                  query_seq_lengths=query_seq_lengths,
                                  key_value_seq_lengths=key_value_seq_lengths)
-  window = validation.normalize_window(variant, local_window_size)
-  scale = validation.check_scale(variant, scale)
+  window = validation.clip_window(validation.normalize_window(variant, local_window_size),
+                                  dims.T, dims.S)
   B, T, S, K, G, H = dims.B, dims.T, dims.S, dims.K, dims.G, dims.H
   plan = _Plan(T=T, S=S, bq=min(query_chunk_size, T), bk=min(key_chunk_size, S),
-               scale=1.0 / np.sqrt(H) if scale is None else scale, is_causal=bool(is_causal),
+               scale=validation.default_scale(variant, scale, H), is_causal=bool(is_causal),
                window=window)
   Tp, Sp = plan.nq * plan.bq, plan.nk * plan.bk
 

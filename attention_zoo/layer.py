@@ -16,6 +16,16 @@ import attention_zoo
 from attention_zoo import decoding, gates, registry
 
 
+def rope(x, positions, base: float = 10_000.0):
+  """x [B, T, N, H] rotated by integer `positions` [T] (rotary embeddings, Su et al. 2021;
+  halves paired as in GPT-NeoX and LLaMA), in float32, returned in x's dtype."""
+  half = x.shape[-1] // 2
+  angles = positions[:, None].astype(jnp.float32) * base ** (-jnp.arange(half) / half)
+  sin, cos = jnp.sin(angles)[None, :, None], jnp.cos(angles)[None, :, None]
+  x1, x2 = x[..., :half].astype(jnp.float32), x[..., half:].astype(jnp.float32)
+  return jnp.concatenate([x1 * cos - x2 * sin, x2 * cos + x1 * sin], -1).astype(x.dtype)
+
+
 def _l2_normalize(x, eps=1e-6):
   x32 = x.astype(jnp.float32)
   return (x32 * jnp.reciprocal(jnp.sqrt(jnp.sum(x32 * x32, -1, keepdims=True) + eps))).astype(
@@ -27,12 +37,13 @@ class MultiHeadAttention(nnx.Module):
 
   `num_kv_heads < num_heads` gives grouped-query attention. `options` are the variant's
   options bound at lookup (e.g. `local_window_size` for local). Self-attention when
-  `context` is None, else attention from `x` to `context`.
+  `context` is None, else attention from `x` to `context`. With `rope`, self-attention
+  rotates queries and keys by their positions (rotary embeddings).
   """
 
   def __init__(self, features: int, num_heads: int, *, attention: str = "softmax",
                options: dict | None = None, num_kv_heads: int | None = None,
-               head_dim: int | None = None, rngs: nnx.Rngs):
+               head_dim: int | None = None, rope: bool = False, rngs: nnx.Rngs):
     self.attention, self.options = attention, registry.frozen(options or {})
     attention_zoo.get(attention, **dict(self.options))  # a bad name or option fails at build
     entry = registry.entry(attention)
@@ -51,25 +62,34 @@ class MultiHeadAttention(nnx.Module):
         name: gates.PROJECTIONS[spec.projection](features, self.num_heads, self.head_dim,
                                                  spec.per_head_dim, rngs=rngs)
         for name, spec in entry.inputs.items()})
-    self.normalize_qk = entry.normalize_qk
+    self.normalize_qk, self.rope = entry.normalize_qk, rope
+    if rope and self.head_dim % 2:
+      raise ValueError(f"rope needs an even head_dim, got {self.head_dim}")
     self.output_norm = nnx.RMSNorm(self.head_dim, rngs=rngs) if entry.output_norm else None
     self.out = nnx.LinearGeneral((self.num_heads, self.head_dim), features, axis=(-2, -1),
                                  use_bias=False, rngs=rngs)
 
-  def _project(self, x, context):
-    """Queries, keys, values and the variant's per-token inputs (computed from x)."""
+  def _project(self, x, context, positions=None):
+    """Queries, keys, values and the variant's per-token inputs (computed from x); with
+    `positions` (self-attention), rotary embeddings where the layer has them."""
     q, k, v = self.query(x), self.key(context), self.value(context)
     if self.normalize_qk:
       q, k = _l2_normalize(q), _l2_normalize(k)
+    if self.rope and positions is not None:
+      q, k = rope(q, positions), rope(k, positions)
     return q, k, v, {name: projection(x) for name, projection in self.inputs.items()}
 
   def _output(self, out):
     return self.out(out if self.output_norm is None else self.output_norm(out))
 
   def __call__(self, x, context=None, *, is_causal=False, query_lengths=None,
-               context_lengths=None):
-    """x [B, T, D] (and context [B, S, D]) -> [B, T, D]; lengths are int32 [B] padding."""
-    q, k, v, inputs = self._project(x, x if context is None else context)
+               context_lengths=None, positions=None):
+    """x [B, T, D] (and context [B, S, D]) -> [B, T, D]; lengths are int32 [B] padding;
+    `positions` int [T] (self-attention with rope; default 0..T-1)."""
+    if context is None and self.rope and positions is None:
+      positions = jnp.arange(x.shape[1])
+    q, k, v, inputs = self._project(x, x if context is None else context,
+                                    positions if context is None else None)
     attend = attention_zoo.get(self.attention, **dict(self.options))
     out = attend(q, k, v, is_causal=is_causal, query_seq_lengths=query_lengths,
                  key_value_seq_lengths=context_lengths, **inputs)
@@ -87,8 +107,11 @@ class MultiHeadAttention(nnx.Module):
     return decoding.init(self.attention, dict(self.options), batch, max_length, self.num_heads,
                          self.num_kv_heads, self.head_dim, dtype)
 
-  def decode_step(self, x, cache):
-    """Causal self-attention of one new position x [B, 1, D] over the prefix: (y, cache)."""
-    q, k, v, inputs = self._project(x, x)
+  def decode_step(self, x, cache, position=None):
+    """Causal self-attention of one new position x [B, 1, D] at `position` (needed with
+    rope) over the prefix: (y, cache)."""
+    if self.rope and position is None:
+      raise ValueError("decode_step needs the position of x with rope")
+    q, k, v, inputs = self._project(x, x, None if position is None else jnp.full((1,), position))
     out, cache = decoding.step(self.attention, dict(self.options), cache, q, k, v, **inputs)
     return self._output(out), cache

@@ -3,11 +3,28 @@
   out_i = phi(q_i) · sum_j phi(k_j) v_j^T  /  phi(q_i) · sum_j phi(k_j),  over allowed keys j.
 
 Non-causal: O((T + S)·F·H). Causal: chunkwise, quadratic inside a chunk of C rows and a
-[F, H] state per chunk across chunks (an exclusive cumulative sum over chunks), so
-O(T·(C + F)·H) time and O(T·H + (T/C)·F·H) memory; no [T, F, H] prefix tensor exists.
+[F, H] state per chunk across chunks (a scan over chunks), so O(T·(C + F)·H) time and
+O(T·H + (T/C)·F·H) memory; no [T, F, H] prefix tensor exists.
+
+Numerics. Each map is computed as a log-feature without cancellation (elu+1: log1p(x) for
+x > 0, else x; relu: log x; favor: w·x - |x|²/2), and phi = exp(log-feature - shift) with
+shifts that cancel in the ratio and carry no gradient: per key/value head and feature, the
+largest log-feature of the keys (non-causal: all allowed keys; causal: those before each
+chunk, then those of the chunk), added back on the query side, and per query row its
+largest shifted log-feature. So no feature exceeds 1 and, non-causal, every row that may
+attend a key has a normaliser >= 1: its output is a convex combination of the values it
+attends for any finite input. So has every causal row with chunk_size=1, and every step of
+the recurrent form. With larger chunks the keys of a chunk share one shift, so a causal row
+can still underflow to zeros when a later key of its own chunk exceeds all keys the row
+attends by more than ~e^80 in every feature: never for elu with key entries in [-75, 147],
+nor for relu unless positive key entries of a chunk differ by a factor e^80; for favor,
+whose log-features grow with the square of the input, it happens from about 5 standard
+deviations (measured: 32 features, H = 4, none at 3). Use chunk_size=1 there.
 """
 
 from __future__ import annotations
+
+import math
 
 import jax
 import jax.numpy as jnp
@@ -17,8 +34,10 @@ from attention_zoo import validation
 
 NAME = "linear"
 FEATURE_MAPS = ("elu", "relu", "favor")
+MAX_FEATURES = 1 << 16  # favor's [F, H] projection and [F, H] state per head
 
 
+@validation.call_forms(NAME)
 def linear_attention(query, key, value, bias=None, mask=None, *, scale=None, is_causal=False,
                      query_seq_lengths=None, key_value_seq_lengths=None,
                      local_window_size=None, feature_map="elu", num_features=256, seed=0,
@@ -26,64 +45,146 @@ def linear_attention(query, key, value, bias=None, mask=None, *, scale=None, is_
   """Kernelized attention; `scale` (None = 1, the paper's form) multiplies q before phi.
 
   Honours causal and both padding lengths; a dense mask, bias or window raises
-  NotImplementedError. A row with a zero normaliser (no allowed key, or all-zero relu
-  features) returns zeros.
+  NotImplementedError. A row with a zero normaliser (no allowed key, or relu features
+  that share no positive coordinate with its keys) returns exactly zeros, whatever the
+  values hold. Every other row is a convex combination of the values it may attend (see
+  the module docstring for the one causal exception). A NaN in query row i makes row i
+  NaN; a NaN in key j makes NaN exactly the rows that may attend j; a NaN value reaches
+  the rows that attend it and may reach other rows of its head (0·NaN in a product).
   """
   dims = validation.check_inputs(NAME, query, key, value, bias, mask,
                                  query_seq_lengths=query_seq_lengths,
                                  key_value_seq_lengths=key_value_seq_lengths)
   validation.unsupported(NAME, bias=bias, mask=mask, local_window_size=local_window_size)
   check_options(feature_map, num_features, seed, chunk_size)
-  scale = validation.check_scale(NAME, scale)
-  phi_q, phi_k = features(query, key, scale=scale, feature_map=feature_map,
-                          num_features=num_features, seed=seed)
+  scale = _check_scale(feature_map, scale)
+  lq, lk = log_features(query, key, scale=scale, feature_map=feature_map,
+                        num_features=num_features, seed=seed)
   B, T, S, K, G = dims.B, dims.T, dims.S, dims.K, dims.G
-  phi_q = phi_q.reshape(B, T, K, G, -1)
+  lq = lq.reshape(B, T, K, G, -1)
   v = value.astype(jnp.float32)
-  if key_value_seq_lengths is not None:
-    phi_k = jnp.where(jnp.arange(S)[None, :, None, None] <
-                      key_value_seq_lengths[:, None, None, None], phi_k, 0.0)
+  if key_value_seq_lengths is not None:  # padded keys get no feature at all (NaN included)
+    lk = jnp.where(jnp.arange(S)[None, :, None, None] <
+                   key_value_seq_lengths[:, None, None, None], lk, -jnp.inf)
   if is_causal:
-    num, den = _causal(phi_q, phi_k, v, chunk_size)
+    num, den = _causal(lq, lk, v, chunk_size)
   else:
-    num = jnp.einsum("btkgf,bkfh->btkgh", phi_q, jnp.einsum("bskf,bskh->bkfh", phi_k, v))
-    den = jnp.einsum("btkgf,bskf->btkg", phi_q, phi_k)
+    num, den = _bidirectional(lq, lk, v)
   out = normalize(num, den)
+  # Rows that attend no key are zeros by position, not by their normaliser (which a NaN
+  # query would make NaN): padded rows, and every row of a sequence with no key.
+  rows = jnp.ones((B, T), bool)
   if query_seq_lengths is not None:
-    out = jnp.where(jnp.arange(T)[None, :, None, None, None] <
-                    query_seq_lengths[:, None, None, None, None], out, 0.0)
+    rows &= jnp.arange(T)[None, :] < query_seq_lengths[:, None]
+  if key_value_seq_lengths is not None:
+    rows &= key_value_seq_lengths[:, None] > 0
+  out = jnp.where(rows[:, :, None, None, None], out, 0.0)
   return out.reshape(B, T, dims.N, -1).astype(query.dtype)
 
 
 def check_options(feature_map="elu", num_features=256, seed=0, chunk_size=64):
   if feature_map not in FEATURE_MAPS:
     raise ValueError(f"{NAME}: unknown feature_map {feature_map!r}; choose from {FEATURE_MAPS}")
-  validation.check_positive(NAME, num_features=num_features, chunk_size=chunk_size)
-  if not isinstance(seed, (int, np.integer)):
-    raise ValueError(f"{NAME}: seed must be an int, got {seed!r}")
+  validation.check_positive(NAME, chunk_size=chunk_size)  # above T it is clipped to T
+  validation.check_at_most(NAME, MAX_FEATURES, num_features=num_features)
+  if not isinstance(seed, (int, np.integer)) or isinstance(seed, bool) or seed < 0:
+    raise ValueError(f"{NAME}: seed must be a non-negative int, got {seed!r}")
+
+
+def _check_scale(feature_map, scale):
+  scale = validation.check_scale(NAME, scale)
+  if feature_map == "favor" and scale is not None and scale < 0:
+    raise ValueError(f"{NAME}: favor estimates exp(scale·q·k) with sqrt(scale) on q and k, "
+                     f"so scale must be >= 0, got {scale}")
+  return scale
 
 
 def normalize(num, den):
-  """num / den with den broadcast over the head dim; zero where den == 0."""
+  """num / den with den broadcast over the head dim: exactly zero where den == 0, NaN
+  where den is NaN (a NaN input that reaches the row)."""
   den = den[..., None]
-  return jnp.where(den > 0, num / jnp.where(den > 0, den, 1.0), 0.0)
+  empty = den == 0
+  return jnp.where(empty, 0.0, num / jnp.where(empty, 1.0, den))
+
+
+def _finite_max(x, axis):
+  """Max over the finite entries along `axis` (-inf if none), kept as a unit axis, without
+  gradient: a shift that cancels in the ratio. NaN and inf inputs never set it, so they
+  reach only the rows that attend them."""
+  return jax.lax.stop_gradient(
+      jnp.max(jnp.where(jnp.isfinite(x), x, -jnp.inf), axis=axis, keepdims=True))
+
+
+def _finite(shift):
+  """A shift where it is finite, else 0 (nothing finite to shift: exp gives 0 or NaN)."""
+  return jnp.where(jnp.isfinite(shift), shift, 0.0)
+
+
+def _row_features(lq):
+  """exp(lq - its largest finite entry per row): at most 1, the largest exactly 1."""
+  return jnp.exp(lq - _finite(_finite_max(lq, -1)))
+
+
+def _bidirectional(lq, lk, v):
+  """Numerator [B,T,K,G,H] and normaliser [B,T,K,G] when every row attends every key."""
+  shift = _finite(_finite_max(lk, 1))                         # [B, 1, K, F]
+  phi_k = jnp.exp(lk - shift)                                 # <= 1, 1 for the largest key
+  phi_q = _row_features(lq + shift[:, :, :, None, :])         # the shift moved to q
+  num = jnp.einsum("btkgf,bkfh->btkgh", phi_q, jnp.einsum("bskf,bskh->bkfh", phi_k, v))
+  den = jnp.einsum("btkgf,bkf->btkg", phi_q, phi_k.sum(axis=1))
+  return num, den
+
+
+def log_features(query, key, *, scale, feature_map, num_features=256, seed=0):
+  """log phi(scale·q) [B, T, N, F] and log phi(k) [B, S, K, F] in float32 (-inf for a zero
+  feature). favor: `sqrt(scale)` multiplies both q and k (see `features`)."""
+  q, k = query.astype(jnp.float32), key.astype(jnp.float32)
+  if feature_map == "favor":
+    root = 1.0 if scale is None else math.sqrt(scale)
+    w = jnp.asarray(orthogonal_features(num_features, q.shape[-1], seed))
+    return _log_favor(q * root, w), _log_favor(k * root, w)
+  q = q if scale is None else q * scale
+  log_phi = _log_elu1 if feature_map == "elu" else _log_relu
+  return log_phi(q), log_phi(k)
+
+
+def _log_elu1(x):
+  """log(elu(x) + 1) = log1p(x) for x > 0, else x: no cancellation at any x (the inner
+  where keeps log1p's unused branch, and its gradient, finite)."""
+  return jnp.where(x > 0, jnp.log1p(jnp.where(x > 0, x, 0.0)), x)
+
+
+def _log_relu(x):
+  """log(relu(x)): -inf where x <= 0 (with zero gradient there); NaN stays NaN."""
+  return jnp.where(x > 0, jnp.log(jnp.where(x > 0, x, 1.0)), jnp.where(x <= 0, -jnp.inf, x))
+
+
+def _log_favor(x, w):
+  """log of Performer's exp(w·x - |x|²/2) / sqrt(m)."""
+  return (jnp.einsum("...h,fh->...f", x, w) - 0.5 * jnp.sum(x * x, axis=-1, keepdims=True)
+          - 0.5 * math.log(w.shape[0]))
 
 
 def features(query, key, *, scale, feature_map, num_features=256, seed=0):
-  """phi(scale·q) [B, T, N, F] and phi(k) [B, S, K, F], in float32.
+  """phi(scale·q) [B, T, N, F] and phi(k) [B, S, K, F], in float32, unshifted (so they may
+  underflow on large inputs; the attention itself shifts them, see the module docstring).
 
+  elu is computed as x + 1 for x > 0, else exp(x) (never elu(x) + 1, which cancels).
   favor (Performer's positive orthogonal random features) estimates exp(scale·q·k);
-  there `sqrt(scale)` multiplies both q and k, which estimates the same kernel with
-  far lower variance than scaling q alone.
+  there `sqrt(scale)` multiplies both q and k, which estimates the same kernel with far
+  lower variance than scaling q alone; each query row is divided by its largest feature.
   """
-  q, k = query.astype(jnp.float32), key.astype(jnp.float32)
   if feature_map == "favor":
-    root = 1.0 if scale is None else float(np.sqrt(scale))
-    w = jnp.asarray(orthogonal_features(num_features, q.shape[-1], seed))
-    return _favor(q * root, w, stabilize=True), _favor(k * root, w, stabilize=False)
+    lq, lk = log_features(query, key, scale=scale, feature_map=feature_map,
+                          num_features=num_features, seed=seed)
+    return _row_features(lq), jnp.exp(lk)
+  q, k = query.astype(jnp.float32), key.astype(jnp.float32)
   q = q if scale is None else q * scale
-  fn = (lambda x: jax.nn.elu(x) + 1.0) if feature_map == "elu" else jax.nn.relu
-  return fn(q), fn(k)
+  if feature_map == "elu":
+    phi = lambda x: jnp.where(x > 0, x + 1.0, jnp.exp(jnp.minimum(x, 0.0)))
+  else:
+    phi = jax.nn.relu
+  return phi(q), phi(k)
 
 
 def orthogonal_features(m: int, d: int, seed: int) -> np.ndarray:
@@ -99,50 +200,67 @@ def orthogonal_features(m: int, d: int, seed: int) -> np.ndarray:
   return (np.concatenate(blocks)[:m] * norms[:, None]).astype(np.float32)
 
 
-def _favor(x, w, stabilize):
-  """exp(w·x - |x|²/2) / sqrt(m). The exponent is at most |w|²/2, so keys need no shift;
-  a query row's shift cancels in the ratio, so it is subtracted to avoid underflow."""
-  logits = jnp.einsum("...h,fh->...f", x, w) - 0.5 * jnp.sum(x * x, axis=-1, keepdims=True)
-  if stabilize:
-    logits = logits - jax.lax.stop_gradient(jnp.max(logits, axis=-1, keepdims=True))
-  return jnp.exp(logits) / np.sqrt(w.shape[0])
-
-
-def _causal(phi_q, phi_k, v, chunk):
+def _causal(lq, lk, v, chunk):
   """Causal numerator [B,T,K,G,H] and normaliser [B,T,K,G], chunk by chunk.
 
   Query i attends keys j <= i (top-left aligned, as softmax); T != S is handled by
-  padding both to a whole number of chunks of the longer length.
+  padding both to a whole number of chunks of the longer length. The state before each
+  chunk is kept relative to its own running shift, and each chunk's rows use the larger
+  of that shift and their chunk's own (see the module docstring).
   """
-  B, T, K, G, F = phi_q.shape
-  S = phi_k.shape[1]
+  B, T, K, G, F = lq.shape
+  S = lk.shape[1]
   chunk = min(chunk, max(T, S))
   L = -(-max(T, S) // chunk) * chunk
   n = L // chunk
 
-  def blocks(x, length):
-    x = jnp.pad(x, [(0, 0), (0, L - length)] + [(0, 0)] * (x.ndim - 2))
+  def blocks(x, length, fill):
+    x = jnp.pad(x, [(0, 0), (0, L - length)] + [(0, 0)] * (x.ndim - 2), constant_values=fill)
     return x.reshape(B, n, chunk, *x.shape[2:])
 
-  pq, pk, vv = blocks(phi_q, T), blocks(phi_k, S), blocks(v, S)
-  chunk_kv = jnp.einsum("bnckf,bnckh->bnkfh", pk, vv)
-  chunk_k = pk.sum(axis=2)
-  # State before each chunk: the sum over all earlier chunks (exclusive prefix).
-  state_kv = jnp.cumsum(chunk_kv, axis=1) - chunk_kv
-  state_k = jnp.cumsum(chunk_k, axis=1) - chunk_k
-  within = jnp.einsum("bnckgf,bndkf->bnkgcd", pq, pk) * jnp.tril(jnp.ones((chunk, chunk)))
+  lq, lk, vv = blocks(lq, T, 0.0), blocks(lk, S, -jnp.inf), blocks(v, S, 0.0)
+  own = _finite_max(lk, 2)                                    # [B, n, 1, K, F]
+  pk_own = jnp.exp(lk - _finite(own))
+  chunk_kv = jnp.einsum("bnckf,bnckh->bnkfh", pk_own, vv)
+  chunk_k = pk_own.sum(axis=2)
+
+  def carry_on(state, xs):
+    """Adds one chunk to the state (both relative to their own shifts); emits the state
+    before it: an exclusive prefix, never a difference of sums (which NaN would poison)."""
+    shift, kv, k = state
+    c_shift, c_kv, c_k = xs
+    new = jnp.maximum(shift, c_shift)
+    a, b = jnp.exp(shift - _finite(new)), jnp.exp(c_shift - _finite(new))
+    return (new, kv * a[..., None] + c_kv * b[..., None], k * a + c_k * b), state
+
+  f32 = jnp.float32  # explicit: under x64 a default dtype would be float64
+  init = (jnp.full((B, K, F), -jnp.inf, f32), jnp.zeros((B, K, F, v.shape[-1]), f32),
+          jnp.zeros((B, K, F), f32))
+  per_chunk = [jnp.moveaxis(x, 1, 0) for x in (own[:, :, 0], chunk_kv, chunk_k)]
+  _, before = jax.lax.scan(carry_on, init, per_chunk)
+  prev, state_kv, state_k = (jnp.moveaxis(x, 0, 1) for x in before)
+  shift = _finite(jnp.maximum(prev, own[:, :, 0]))            # [B, n, K, F]
+  rescale = jnp.exp(prev - shift)                             # <= 1; 0 before any key
+  state_kv, state_k = state_kv * rescale[..., None], state_k * rescale
+  pk = jnp.exp(lk - shift[:, :, None])                        # <= 1
+  pq = _row_features(lq + shift[:, :, None, :, None, :])
+  causal = jnp.tril(jnp.ones((chunk, chunk), bool))
+  within = jnp.where(causal, jnp.einsum("bnckgf,bndkf->bnkgcd", pq, pk), 0.0)
   num = (jnp.einsum("bnckgf,bnkfh->bnckgh", pq, state_kv)
          + jnp.einsum("bnkgcd,bndkh->bnckgh", within, vv))
   den = jnp.einsum("bnckgf,bnkf->bnckg", pq, state_k) + jnp.einsum("bnkgcd->bnckg", within)
   return (num.reshape(B, L, K, G, -1)[:, :T], den.reshape(B, L, K, G)[:, :T])
 
 
-def init_state(batch: int, kv_heads: int, head_dim: int, *, feature_map="elu",
-               num_features=256):
-  """The recurrent form's state: sum_j phi(k_j) v_j^T [B, K, F, H] and sum_j phi(k_j) [B, K, F]."""
+def init_state(batch: int, num_heads: int, kv_heads: int, head_dim: int, *, feature_map="elu",
+               num_features=256, **_whole_sequence_options):
+  """The recurrent form's state: sum_j phi(k_j) v_j^T [B, K, F, H] and sum_j phi(k_j) [B, K, F]
+  (per key/value head: the query heads of a group share it), both relative to `shift`
+  [B, K, F], the largest log-feature of each feature so far (as the causal form's shift)."""
   f = num_features if feature_map == "favor" else head_dim
   return dict(kv=jnp.zeros((batch, kv_heads, f, head_dim), jnp.float32),
-              k=jnp.zeros((batch, kv_heads, f), jnp.float32))
+              k=jnp.zeros((batch, kv_heads, f), jnp.float32),
+              shift=jnp.full((batch, kv_heads, f), -jnp.inf, jnp.float32))
 
 
 def recurrent_step(state, query, key, value, *, scale=None, feature_map="elu", num_features=256,
@@ -154,12 +272,16 @@ def recurrent_step(state, query, key, value, *, scale=None, feature_map="elu", n
   """
   B, _, N, H = query.shape
   K = key.shape[2]
-  phi_q, phi_k = features(query, key, scale=validation.check_scale(NAME, scale),
-                          feature_map=feature_map, num_features=num_features, seed=seed)
-  state = dict(kv=state["kv"] + jnp.einsum("bkf,bkh->bkfh", phi_k[:, 0],
-                                            value[:, 0].astype(jnp.float32)),
-               k=state["k"] + phi_k[:, 0])
-  phi_q = phi_q[:, 0].reshape(B, K, N // K, -1)
+  lq, lk = log_features(query, key, scale=_check_scale(feature_map, scale),
+                        feature_map=feature_map, num_features=num_features, seed=seed)
+  lk = lk[:, 0]                                               # [B, K, F]
+  shift = jnp.maximum(state["shift"],
+                      jax.lax.stop_gradient(jnp.where(jnp.isfinite(lk), lk, -jnp.inf)))
+  a, b = jnp.exp(state["shift"] - _finite(shift)), jnp.exp(lk - _finite(shift))
+  state = dict(kv=state["kv"] * a[..., None] + jnp.einsum("bkf,bkh->bkfh", b,
+                                                          value[:, 0].astype(jnp.float32)),
+               k=state["k"] * a + b, shift=shift)
+  phi_q = _row_features(lq[:, 0].reshape(B, K, N // K, -1) + _finite(shift)[:, :, None])
   out = normalize(jnp.einsum("bkgf,bkfh->bkgh", phi_q, state["kv"]),
                   jnp.einsum("bkgf,bkf->bkg", phi_q, state["k"]))
   return out.reshape(B, 1, N, H).astype(query.dtype), state

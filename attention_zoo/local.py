@@ -16,6 +16,7 @@ NAME = "local"
 DEFAULT_BLOCK_SIZE = 64
 
 
+@validation.call_forms(NAME)
 def local_attention(query, key, value, bias=None, mask=None, *, scale=None, is_causal=False,
                     query_seq_lengths=None, key_value_seq_lengths=None, local_window_size=None,
                     block_size=DEFAULT_BLOCK_SIZE):

@@ -10,6 +10,7 @@ from __future__ import annotations
 import functools
 
 import jax.numpy as jnp
+import numpy as np
 
 
 def split_heads(x, K: int):
@@ -42,8 +43,10 @@ def allowed(q_pos, k_pos, *, mask=None, is_causal=False, window=None, q_len=None
   if is_causal:
     conditions.append(kp <= qp)
   if window is not None:
-    left, right = window
-    conditions.append((kp >= qp - left) & (kp <= qp + right))
+    # As differences, with the sizes capped at the largest int32: no window, however
+    # large, overflows the position arithmetic, and none beyond it allows more.
+    left, right = (min(w, np.iinfo(np.int32).max) for w in window)
+    conditions.append((qp - kp <= left) & (kp - qp <= right))
   if q_len is not None:
     conditions.append(qp < jnp.reshape(q_len, (-1, 1, 1, 1, 1)))
   if kv_len is not None:

@@ -30,11 +30,13 @@ def fold(carry, logits, v_blk):
 
 
 def finish(carry):
-  """(output float32, log-sum-exp): rows with no allowed key give zeros and lse = +inf, so
-  that exp(logits - lse) is 0 for them in the backward pass."""
+  """(output float32, log-sum-exp): rows with no allowed key give zeros (even where a NaN
+  value met their zero weights) and lse = +inf, so that exp(logits - lse) is 0 for them in
+  the backward pass. A NaN row sum (a NaN logit it may attend) stays NaN."""
   row_max, row_sum, acc = carry
-  out = acc / jnp.where(row_sum > 0, row_sum, 1.0)[..., None]
-  return out, jnp.where(row_sum > 0, row_max + jnp.log(row_sum), jnp.inf)
+  empty = row_sum == 0
+  out = jnp.where(empty[..., None], 0.0, acc / jnp.where(empty, 1.0, row_sum)[..., None])
+  return out, jnp.where(empty, jnp.inf, row_max + jnp.log(row_sum))
 
 
 def block_gradients(p, do, delta, q_blk, k_blk, v_blk):

@@ -16,7 +16,8 @@ from typing import Callable, Mapping, NamedTuple
 
 import jax
 
-from attention_zoo import chunked, decoding, linear, local, ring, softmax, validation
+from attention_zoo import (chunked, decoding, deltanet, gated_deltanet, gla, linear, local,
+                           retention, ring, softmax, validation)
 
 
 class Input(NamedTuple):
@@ -53,6 +54,17 @@ class Variant:
 
 # What a causal-only recurrence refuses (besides is_causal=False).
 _RECURRENCE_REFUSES = ("bias", "mask", "local_window_size")
+# Gated DeltaNet's and Mamba-2's per-head decay; the delta rule's writing strength.
+_LOG_GATE = Input(per_head_dim=False, projection="softplus_decay", bounds=(-float("inf"), 0.0))
+_BETA = Input(per_head_dim=False, projection="sigmoid", bounds=(0.0, 1.0))
+
+
+def _recurrence(module, normalize_qk=False, **inputs) -> Variant:
+  """The entry of a gated or delta-rule recurrence module (retention.py, gla.py, ...)."""
+  return Variant(getattr(module, f"{module.NAME}_attention"), module.check_options,
+                 decoder=decoding.recurrent(module), inputs=inputs, causal_only=True,
+                 refuses=_RECURRENCE_REFUSES, normalize_qk=normalize_qk, output_norm=True)
+
 
 VARIANTS: dict[str, Variant] = {
     softmax.NAME: Variant(softmax.softmax_attention, decoder=decoding.KV_CACHE),
@@ -65,6 +77,14 @@ VARIANTS: dict[str, Variant] = {
     ring.NAME: Variant(ring.ring_attention, ring.check_options,
                        decoder=decoding.SOFTMAX_KV_CACHE, refuses=("bias", "mask"),
                        mesh_axis_option="axis_name"),
+    # The gated and delta-rule recurrences: causal only, an output norm per head in the
+    # layer (as their papers), gates and beta made by the layer from its input.
+    retention.NAME: _recurrence(retention),
+    gla.NAME: _recurrence(gla, log_gate=_LOG_GATE._replace(per_head_dim=True,
+                                                            projection="low_rank_logsigmoid")),
+    deltanet.NAME: _recurrence(deltanet, normalize_qk=True, beta=_BETA),
+    gated_deltanet.NAME: _recurrence(gated_deltanet, normalize_qk=True, log_gate=_LOG_GATE,
+                                     beta=_BETA),
 }
 
 # Keyword arguments of jax.nn.dot_product_attention that any variant may take.

@@ -19,7 +19,6 @@ import math
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 from jax.sharding import PartitionSpec as P
 
 from attention_zoo import masking, online_softmax, softmax, validation
@@ -27,6 +26,7 @@ from attention_zoo import masking, online_softmax, softmax, validation
 NAME = "ring"
 
 
+@validation.call_forms(NAME)
 def ring_attention(query, key, value, bias=None, mask=None, *, scale=None, is_causal=False,
                    query_seq_lengths=None, key_value_seq_lengths=None, local_window_size=None,
                    axis_name="sequence"):
@@ -40,8 +40,7 @@ def ring_attention(query, key, value, bias=None, mask=None, *, scale=None, is_ca
                                  key_value_seq_lengths=key_value_seq_lengths)
   validation.unsupported(NAME, bias=bias, mask=mask)
   window = validation.normalize_window(NAME, local_window_size)
-  scale = validation.check_scale(NAME, scale)
-  scale = 1.0 / np.sqrt(dims.H) if scale is None else scale
+  scale = validation.default_scale(NAME, scale, dims.H)
   mesh = jax.sharding.get_abstract_mesh()
   if axis_name not in mesh.axis_names:
     raise ValueError(f"{NAME}: the current mesh has no axis {axis_name!r} (axes: "

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 
 from attention_zoo import masking, validation
 
@@ -24,6 +23,7 @@ def from_blocks_layout(out):
   return out.transpose(0, 3, 1, 2, 4).reshape(B, T, K * G, H)
 
 
+@validation.call_forms(NAME)
 def softmax_attention(query, key, value, bias=None, mask=None, *, scale=None, is_causal=False,
                       query_seq_lengths=None, key_value_seq_lengths=None,
                       local_window_size=None):
@@ -31,14 +31,15 @@ def softmax_attention(query, key, value, bias=None, mask=None, *, scale=None, is
 
   Time and memory O(T·S). Logits, softmax and the value sum are float32; the output
   has the query's dtype. A query row that can attend no key (masked out, padding)
-  returns zeros.
+  returns zeros, whatever the values hold. A NaN in query row i makes row i NaN; a NaN
+  in key j makes NaN exactly the rows that may attend j; a NaN value reaches the rows
+  that attend it and may reach other rows of its head (0·NaN in the value product).
   """
   dims = validation.check_inputs(NAME, query, key, value, bias, mask,
                                  query_seq_lengths=query_seq_lengths,
                                  key_value_seq_lengths=key_value_seq_lengths)
   window = validation.normalize_window(NAME, local_window_size)
-  scale = validation.check_scale(NAME, scale)
-  scale = 1.0 / np.sqrt(dims.H) if scale is None else scale
+  scale = validation.default_scale(NAME, scale, dims.H)
 
   q, k, v = to_blocks_layout(query, key, value, dims.K)
   logits = jnp.einsum("bkgth,bksh->bkgts", q, k, preferred_element_type=jnp.float32) * scale
@@ -47,14 +48,17 @@ def softmax_attention(query, key, value, bias=None, mask=None, *, scale=None, is
   ok = masking.allowed(jnp.arange(dims.T), jnp.arange(dims.S),
                        mask=masking.split_heads(mask, dims.K), is_causal=is_causal,
                        window=window, q_len=query_seq_lengths, kv_len=key_value_seq_lengths)
-  probs = masked_softmax(logits, ok)
+  probs, empty = masked_softmax(logits, ok)
   out = jnp.einsum("bkgts,bksh->bkgth", probs.astype(v.dtype), v,
                    preferred_element_type=jnp.float32)
+  # Zero weights times a NaN value are NaN: rows with no key are zeroed after the product.
+  out = jnp.where(empty, 0.0, out)
   return from_blocks_layout(out).astype(query.dtype)
 
 
 def masked_softmax(logits, ok):
-  """Softmax over the last axis restricted to `ok`; rows with no allowed entry give zeros."""
+  """(softmax over the last axis restricted to `ok`, rows with no allowed entry): those
+  rows give zero weights. A NaN logit that is allowed makes its row NaN (never zero)."""
   if ok is not None:
     logits = jnp.where(ok, logits, -jnp.inf)
   # The shift cancels in the ratio, so it carries no gradient (as in jax.nn.softmax).
@@ -62,4 +66,5 @@ def masked_softmax(logits, ok):
   row_max = jnp.where(jnp.isfinite(row_max), row_max, 0.0)
   unnormalized = jnp.exp(logits - row_max)
   total = jnp.sum(unnormalized, axis=-1, keepdims=True)
-  return unnormalized / jnp.where(total > 0, total, 1.0)
+  empty = total == 0  # False for a NaN total
+  return unnormalized / jnp.where(empty, 1.0, total), empty

@@ -7,12 +7,16 @@ K key/value heads, G = N // K query heads per key/value head, H head dim.
 from __future__ import annotations
 
 import dataclasses
+import functools
+import math
 import numbers
 
 import jax.numpy as jnp
 import numpy as np
 
-FLOAT_DTYPES = (jnp.float16, jnp.bfloat16, jnp.float32, jnp.float64)
+# float64 is refused, not computed: every kernel accumulates in float32, so float64
+# inputs would silently lose their precision (and, under x64, promote constants).
+FLOAT_DTYPES = (jnp.float16, jnp.bfloat16, jnp.float32)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -33,14 +37,18 @@ def _shape(x) -> tuple[int, ...]:
   return tuple(np.shape(x))
 
 
+def _is_int(x) -> bool:
+  return isinstance(x, numbers.Integral) and not isinstance(x, bool)
+
+
 def normalize_window(variant: str, window) -> tuple[int, int] | None:
   """`local_window_size` as `(left, right)`: an int w means `(w, w)`."""
   if window is None:
     return None
-  if isinstance(window, numbers.Integral) and not isinstance(window, bool):
+  if _is_int(window):
     window = (int(window), int(window))
   if (not isinstance(window, (tuple, list)) or len(window) != 2
-      or not all(isinstance(w, numbers.Integral) and not isinstance(w, bool) for w in window)):
+      or not all(_is_int(w) for w in window)):
     raise ValueError(f"{variant}: local_window_size must be an int or a (left, right) pair of "
                      f"ints, got {window!r}")
   left, right = int(window[0]), int(window[1])
@@ -49,31 +57,66 @@ def normalize_window(variant: str, window) -> tuple[int, int] | None:
   return left, right
 
 
+def clip_window(window, T: int, S: int) -> tuple[int, int] | None:
+  """A window clipped to (T - 1, S - 1): wider allows no further key (the meaning is
+  unchanged), and every position sum stays within int32 however large the request."""
+  if window is None:
+    return None
+  return min(window[0], max(T - 1, 0)), min(window[1], max(S - 1, 0))
+
+
+def clip_lengths(lengths, n: int):
+  """Padding lengths as int32 in [0, n]: past the end means the whole axis (as in
+  `jax.nn.dot_product_attention`), zero or negative means none."""
+  if lengths is None:
+    return None
+  return jnp.clip(lengths, 0, n).astype(jnp.int32)
+
+
 def check_positive(variant: str, **sizes) -> None:
   for name, value in sizes.items():
-    if not isinstance(value, numbers.Integral) or isinstance(value, bool) or value <= 0:
+    if not _is_int(value) or value <= 0:
       raise ValueError(f"{variant}: {name} must be a positive int, got {value!r}")
 
 
+def check_at_most(variant: str, limit: int, **sizes) -> None:
+  """Sizes that set an allocation of their own (not clipped to a sequence length)."""
+  check_positive(variant, **sizes)
+  for name, value in sizes.items():
+    if value > limit:
+      raise ValueError(f"{variant}: {name} must be at most {limit}, got {value!r}")
+
+
 def check_scale(variant: str, scale) -> float | None:
+  """`scale` as a Python float (weakly typed: it never changes the logits' dtype)."""
   if scale is None:
     return None
   if not isinstance(scale, numbers.Real) or isinstance(scale, bool):
     raise ValueError(f"{variant}: scale must be a Python float or None, got {type(scale).__name__}"
                      " (it is a static argument of the compiled function)")
+  if not math.isfinite(scale):
+    raise ValueError(f"{variant}: scale must be finite, got {scale!r}")
   return float(scale)
+
+
+def default_scale(variant: str, scale, head_dim: int) -> float:
+  """`scale`, or 1/sqrt(H) when None, as a Python float."""
+  scale = check_scale(variant, scale)
+  return 1.0 / math.sqrt(head_dim) if scale is None else scale
 
 
 def check_inputs(variant: str, query, key, value, bias=None, mask=None, *,
                  query_seq_lengths=None, key_value_seq_lengths=None) -> Dims:
-  """Checks ranks, shapes and dtypes against `jax.nn.dot_product_attention`'s contract."""
+  """Checks ranks, shapes and dtypes against `jax.nn.dot_product_attention`'s contract
+  (on the batched form; see `call_forms` for the others)."""
   for name, x in (("query", query), ("key", key), ("value", value)):
     if np.ndim(x) != 4:
-      raise ValueError(f"{variant}: {name} must have rank 4 [B, T|S, N|K, H], "
+      raise ValueError(f"{variant}: {name} must have rank 4 [B, T|S, N|K, H] or 3 (no batch), "
                        f"got shape {_shape(x)}")
     if jnp.dtype(x.dtype) not in [jnp.dtype(d) for d in FLOAT_DTYPES]:
-      raise ValueError(f"{variant}: {name} must be float16, bfloat16 or float32 (float64 "
-                       f"with jax_enable_x64), got {x.dtype}")
+      raise ValueError(f"{variant}: {name} must be float16, bfloat16 or float32, got {x.dtype}"
+                       + (" (accumulation is float32, so float64 would not be exact: cast the "
+                          "inputs to float32)" if x.dtype == jnp.float64 else ""))
   if key.dtype != query.dtype or value.dtype != query.dtype:
     raise ValueError(f"{variant}: query, key and value must share a dtype, got "
                      f"{query.dtype}, {key.dtype}, {value.dtype}")
@@ -104,10 +147,51 @@ def check_inputs(variant: str, query, key, value, bias=None, mask=None, *,
                   ("key_value_seq_lengths", key_value_seq_lengths)):
     if x is None:
       continue
-    if _shape(x) != (B,) or not jnp.issubdtype(x.dtype, jnp.integer):
+    dtype = getattr(x, "dtype", None)
+    if _shape(x) != (B,) or dtype is None or not jnp.issubdtype(dtype, jnp.integer):
       raise ValueError(f"{variant}: {name} must be an int array of shape [B] = ({B},), got "
                        f"{getattr(x, 'dtype', type(x).__name__)} {_shape(x)}")
   return Dims(B=B, T=T, S=S, N=N, K=K, H=H)
+
+
+def _leading_ones(x, rank: int):
+  """x with unit axes prepended up to `rank` (as `jax.nn.dot_product_attention` does)."""
+  if x is None or np.ndim(x) >= rank:
+    return x
+  return jnp.reshape(x, (1,) * (rank - np.ndim(x)) + _shape(x))
+
+
+def call_forms(variant: str):
+  """Decorator of a variant: brings every form of the arguments that
+  `jax.nn.dot_product_attention` accepts to the one form the kernel assumes, checks
+  them, and so decides their meaning in one place for every variant:
+
+  - query, key and value of rank 3 ([T, N, H], no batch) are a batch of one (the lengths
+    then have shape [1]) and the output has the query's rank; ranks other than 3 and 4
+    are refused. A mask or bias of rank below 4 gets leading unit axes.
+  - `*_seq_lengths` are clipped to [0, axis length]: a length past the end means the
+    whole axis (as in JAX), zero or negative means no position (those rows give zeros).
+  - `local_window_size` becomes `(left, right)`, clipped to (T - 1, S - 1).
+  """
+  def decorate(fn):
+    @functools.wraps(fn)
+    def wrapper(query, key, value, bias=None, mask=None, *, query_seq_lengths=None,
+                key_value_seq_lengths=None, local_window_size=None, **kwargs):
+      out_rank = np.ndim(query)
+      query, key, value = (_leading_ones(x, 4) if np.ndim(x) == 3 else x
+                           for x in (query, key, value))
+      bias, mask = _leading_ones(bias, 4), _leading_ones(mask, 4)
+      dims = check_inputs(variant, query, key, value, bias, mask,
+                          query_seq_lengths=query_seq_lengths,
+                          key_value_seq_lengths=key_value_seq_lengths)
+      window = clip_window(normalize_window(variant, local_window_size), dims.T, dims.S)
+      out = fn(query, key, value, bias, mask,
+               query_seq_lengths=clip_lengths(query_seq_lengths, dims.T),
+               key_value_seq_lengths=clip_lengths(key_value_seq_lengths, dims.S),
+               local_window_size=window, **kwargs)
+      return out[0] if out_rank == 3 else out
+    return wrapper
+  return decorate
 
 
 def unsupported(variant: str, **arguments) -> None:

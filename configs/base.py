@@ -53,7 +53,7 @@ def get_config() -> ml_collections.ConfigDict:
   c.data = ml_collections.ConfigDict()
   c.data.task = "copy"              # one of experiments.tasks.TASKS
   c.data.data_dir = "~/tensorflow_datasets"  # where TFDS builds and finds the data
-  c.data.vocab_size = 10            # synthetic: symbols per position
+  c.data.vocab_size = 10            # synthetic: symbols per position; mqar: V
   c.data.min_length = 4             # synthetic: shortest sequence (addition: digits)
   c.data.max_length = 32            # synthetic: longest training/validation/test sequence
   c.data.long_max_length = 64       # synthetic: test_long draws (max_length, long_max_length]
@@ -66,10 +66,17 @@ def get_config() -> ml_collections.ConfigDict:
   c.data.max_input_length = 64      # text: bytes per source (longer: see truncate)
   c.data.max_target_length = 64     # text: bytes per target, without EOS
   c.data.truncate = False           # cut over-long examples instead of failing on them
+  c.data.mqar_train_pairs = ((64, 4), (128, 8), (256, 16), (256, 32), (256, 64))  # mqar: (L, N)
+  c.data.mqar_test_pairs = ((64, 4), (128, 8), (256, 16), (512, 64))  # mqar: a split each
+  c.data.random_non_queries = False  # mqar: filler tokens random (zoology's default) or 0
   c.data.batch_size = 32
   c.data.eval_batch_size = 64
 
   c.model = ml_collections.ConfigDict()
+  c.model.shape = config_dict.placeholder(str)  # None: the task's; encoder_decoder, decoder
+  #                                 (causal LM) or encoder (classifier): experiments/model.py
+  c.model.pooling = "cls"           # encoder (classifier): cls or mean
+  c.model.positions = "sinusoidal"  # sinusoidal (added to embeddings), rope or none
   c.model.attention = "softmax"     # decoder (and encoder) self-attention: attention_zoo.names()
   c.model.cross_attention = config_dict.placeholder(str)  # None: the same as attention
   c.model.encoder_attention = config_dict.placeholder(str)  # None: the same as attention
@@ -107,19 +114,23 @@ def get_config() -> ml_collections.ConfigDict:
   c.keep_checkpoints = 2            # latest kept; the best by validation loss is kept apart
   c.decode_splits = ("validation", "test", "test_long")  # final evaluation with decoding
   c.beam_size = 1                   # 1: greedy decoding; more: beam search
+  c.reevaluate = False              # a finished run: evaluate again, replacing its final record
   c.progress_bar = True
   return c
 
 
 def sweep(base_config, axes, rows, columns=None, over="seed", metrics=(
     "test_exact_accuracy", "test_loss"), curves=("train_loss",), x_axis=None, published=None,
-          parallel=1) -> ml_collections.ConfigDict:
+          parallel=1, best_over=None, x_metric=None) -> ml_collections.ConfigDict:
   """A sweep config (see experiments/sweeps): `base_config` run over the product of `axes`.
 
   The table has a row per value of the `rows` axes, a column per value of `columns` (else
   a column per metric), and aggregates over `over` (mean ± std); `curves` are plotted
   against the step, and the metrics against `x_axis` (the columns axis, e.g. a length).
   `published`: {source, metric, scale, values: {row: number}} printed beside ours.
+  `best_over`: an axis (e.g. the learning rate) of which each cell reports its best value's
+  runs (by the first metric); `x_metric`: a final metric (e.g. state_size) to plot the
+  metrics against, a point per cell.
   """
   c = ml_collections.ConfigDict()
   c.base = base_config              # the experiment every run starts from
@@ -128,5 +139,6 @@ def sweep(base_config, axes, rows, columns=None, over="seed", metrics=(
   c.retry_failed = False            # re-launching retries runs recorded as failed
   c.table = ml_collections.ConfigDict(dict(
       rows=tuple(rows), columns=columns, over=over, metrics=tuple(metrics),
-      curves=tuple(curves), x_axis=x_axis, published=published))
+      curves=tuple(curves), x_axis=x_axis, published=published, best_over=best_over,
+      x_metric=x_metric))
   return c.lock()

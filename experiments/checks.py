@@ -5,28 +5,112 @@ from __future__ import annotations
 import os
 
 import attention_zoo
-from attention_zoo import decoding
+from attention_zoo import registry
 from experiments import tasks
+from experiments.model import POOLINGS, POSITIONS
+from experiments.tasks import mqar
 
 DECAYS = ("cosine", "rsqrt", "step", "constant")
 OPTIMIZERS = ("adamw", "radam")
 
+_COUNT = (lambda x: x >= 1, "a positive integer")
+_NATURAL = (lambda x: x >= 0, "0 or more")
+_FRACTION = (lambda x: 0 <= x < 1, "in [0, 1)")
+_RATE = (lambda x: 0 < x < float("inf"), "positive and finite")
+# The range of every numeric field (None, where a field allows it, means unset). Not here:
+# model.options.* (each variant's checker, through attention_zoo.get) and mesh.* (they need
+# the device count: parallel.mesh_shape, which a sweep calls for every run up front).
+RANGES = {
+    "seed": (lambda x: 0 <= x < 2**31, "in [0, 2**31)"), "data.data_seed": _NATURAL,
+    **{f"data.{k}": _COUNT for k in (
+        "vocab_size", "min_length", "max_length", "long_max_length", "num_train", "num_eval",
+        "max_input_length", "max_target_length", "batch_size", "eval_batch_size")},
+    **{f"model.{k}": _COUNT for k in ("d_model", "num_heads", "num_kv_heads", "d_ff")},
+    "model.num_encoder_layers": _NATURAL, "model.num_decoder_layers": _NATURAL,
+    "model.dropout_rate": _FRACTION,
+    "optimizer.learning_rate": _RATE, "optimizer.warmup_steps": _NATURAL,
+    "optimizer.drop_at": _NATURAL, "optimizer.drop_factor": _RATE,
+    "optimizer.weight_decay": (lambda x: 0 <= x < float("inf"), "0 or more, finite"),
+    "optimizer.b1": _FRACTION, "optimizer.b2": _FRACTION, "optimizer.grad_clip": _RATE,
+    **{k: _COUNT for k in ("num_train_steps", "log_every", "eval_every", "eval_batches",
+                           "checkpoint_every", "keep_checkpoints", "beam_size")},
+}
+
+
+def check_ranges(config) -> None:
+  """Raises ValueError naming the first numeric field out of its range (RANGES)."""
+  for field, (ok, what) in RANGES.items():
+    value = config
+    for part in field.split("."):
+      value = value[part]
+    if value is not None and not ok(value):
+      raise ValueError(f"config.{field}={value!r} is out of range: it must be {what}")
+
+
+def attention_roles(config) -> dict[str, tuple[str, str]]:
+  """role -> (config field, variant) of each attention role of the model's shape (the
+  variant under test, `model.attention`, takes every self-attention role it has)."""
+  model, shape = config.model, tasks.model_shape(config)
+  if shape == "decoder":
+    return {"decoder self-attention": ("attention", model.attention)}
+  if shape == "encoder":
+    return {"encoder self-attention": ("attention", model.attention)}
+  return {"decoder self-attention": ("attention", model.attention),
+          "encoder self-attention": ("encoder_attention",
+                                     model.encoder_attention or model.attention),
+          "cross-attention": ("cross_attention", model.cross_attention or model.attention)}
+
+
+def check_attention_roles(config) -> None:
+  """Each role's variant exists, can decode (decoder roles) and is not causal-only where
+  the role is not causal; read from the variants' registry entries. (Their options are
+  checked with every options block, in check_option_blocks.)"""
+  for role, (field, name) in attention_roles(config).items():
+    if name not in attention_zoo.names():
+      raise ValueError(f"config.model.{field}={name!r} is not a variant; choose from "
+                       f"{attention_zoo.names()}")
+    entry = registry.entry(name)
+    if role != "encoder self-attention" and entry.decoder is None:
+      raise ValueError(f"config.model.{field}={name!r} ({role}) has no incremental decoding "
+                       f"form; variants with one: {registry.names(decodes=True)}")
+    if role != "decoder self-attention" and entry.causal_only:
+      raise ValueError(f"config.model.{field}={name!r}: {name} is causal only, so it cannot "
+                       f"be the {role}; set config.model.{field} to one of "
+                       f"{registry.names(causal_only=False)}")
+
+
+def check_option_blocks(config) -> None:
+  """Every variant's options block, used by a role or not: a bad value is a mistake either
+  way (and would surface only when a sweep or a later run selects that variant)."""
+  for name in config.model.options:
+    try:
+      attention_zoo.get(name, **config.model.options[name])  # unknown options, bad values
+    except ValueError as e:
+      raise ValueError(f"config.model.options.{name}: {e}") from None
+
 
 def check_config(config) -> None:
   """Raises ValueError naming the field, the value and the valid choices."""
+  check_ranges(config)  # first: the checks below divide by some of these
   data, model = config.data, config.model
   if data.task not in tasks.TASKS:
     raise ValueError(f"config.data.task={data.task!r} is not a task; choose from {tasks.TASKS}")
-  roles = {"attention": model.attention, "cross_attention": model.cross_attention}
-  for role, name in roles.items():
-    if name is None:
-      continue
-    if name not in attention_zoo.names():
-      raise ValueError(f"config.model.{role}={name!r} is not a variant; choose from "
-                       f"{attention_zoo.names()}")
-    if name not in decoding.DECODERS:
-      raise ValueError(f"config.model.{role}={name!r} has no incremental decoding form")
-    attention_zoo.get(name, **model.options[name])  # its options: unknown ones raise here
+  shapes = tasks.SHAPES[data.task]
+  if model.shape is not None and model.shape not in shapes:
+    raise ValueError(f"config.model.shape={model.shape!r}: task {data.task!r} trains the "
+                     f"shapes {shapes}")
+  for field, choices in (("pooling", POOLINGS), ("positions", POSITIONS)):
+    if model[field] not in choices:
+      raise ValueError(f"config.model.{field}={model[field]!r}; choose from {choices}")
+  check_attention_roles(config)
+  check_option_blocks(config)
+  if data.task == "mqar":
+    for field in ("mqar_train_pairs", "mqar_test_pairs"):
+      for length, pairs in data[field]:
+        try:
+          mqar.check(data.vocab_size, length, pairs)
+        except ValueError as e:
+          raise ValueError(f"config.data.{field}: {e}") from None
   if data.task == "text" and not data.tfds_name:
     raise ValueError("config.data.task='text' needs config.data.tfds_name (a TFDS text-pair "
                      "dataset, e.g. wmt14_translate/de-en, or zoo_tiny_text_pairs)")
@@ -44,13 +128,6 @@ def check_config(config) -> None:
   if not os.path.isdir(parent) or not os.access(parent, os.W_OK):
     raise ValueError(f"config.data.data_dir={data.data_dir!r}: {parent!r} is not a writable "
                      f"directory")
-  for field in ("batch_size", "eval_batch_size"):
-    if data[field] <= 0:
-      raise ValueError(f"config.data.{field} must be positive, got {data[field]}")
-  for field in ("num_train_steps", "log_every", "eval_every", "checkpoint_every",
-                "keep_checkpoints", "beam_size"):
-    if config[field] <= 0:
-      raise ValueError(f"config.{field} must be positive, got {config[field]}")
   if config.optimizer.name not in OPTIMIZERS:
     raise ValueError(f"config.optimizer.name={config.optimizer.name!r}; choose from {OPTIMIZERS}")
   if config.optimizer.decay == "step" and not (
@@ -59,6 +136,9 @@ def check_config(config) -> None:
                      f"warmup_steps={config.optimizer.warmup_steps}")
   if config.optimizer.decay not in DECAYS:
     raise ValueError(f"config.optimizer.decay={config.optimizer.decay!r}; choose from {DECAYS}")
+  if model.positions == "sinusoidal" and model.d_model % 2:
+    raise ValueError(f"config.model.d_model={model.d_model} must be even: sinusoidal positions "
+                     f"pair its dimensions")
   if model.d_model % model.num_heads:
     raise ValueError(f"config.model.d_model={model.d_model} is not divisible by "
                      f"num_heads={model.num_heads}")

@@ -22,17 +22,27 @@ CASES = (
     ("local window 256 (causal)", "local", dict(local_window_size=(256, 0)), dict(is_causal=True)),
     ("local window 256 (bidirectional)", "local", dict(local_window_size=(128, 128)), {}),
     ("linear causal", "linear", {}, dict(is_causal=True)),
+    # The gated and delta-rule recurrences (causal only); their per-token inputs (log_gate,
+    # beta) are made as their registry entries declare, and differentiated too.
+    ("retention", "retention", {}, dict(is_causal=True)),
+    ("gla (per-key-dim gates)", "gla", {}, dict(is_causal=True)),
+    ("deltanet", "deltanet", {}, dict(is_causal=True)),
+    ("gated_deltanet", "gated_deltanet", {}, dict(is_causal=True)),
 )
 
 
 def forward_backward_temp_bytes(name: str, length: int, options=None, call=None, *, batch=1,
                                 heads=8, head_dim=64, dtype=jnp.float32) -> int:
-  """Temporary bytes of value_and_grad w.r.t. query, key, value of sum(out**2), T = S."""
+  """Temporary bytes of value_and_grad w.r.t. query, key, value (and the variant's per-token
+  inputs) of sum(out**2), T = S."""
   attend = attention_zoo.get(name, **(options or {}))
-  loss = lambda q, k, v: jnp.sum(attend(q, k, v, **(call or {})).astype(jnp.float32) ** 2)
   shape = jax.ShapeDtypeStruct((batch, length, heads, head_dim), dtype)
-  compiled = jax.jit(jax.value_and_grad(loss, argnums=(0, 1, 2))).lower(shape, shape,
-                                                                       shape).compile()
+  inputs = {n: jax.ShapeDtypeStruct(spec.shape(shape.shape), jnp.float32)
+            for n, spec in attention_zoo.registry.entry(name).inputs.items()}
+  loss = lambda q, k, v, inputs: jnp.sum(
+      attend(q, k, v, **(call or {}), **inputs).astype(jnp.float32) ** 2)
+  compiled = jax.jit(jax.value_and_grad(loss, argnums=(0, 1, 2, 3))).lower(
+      shape, shape, shape, inputs).compile()
   return compiled.memory_analysis().temp_size_in_bytes
 
 

@@ -1,8 +1,14 @@
-"""An encoder-decoder Transformer whose attention variant is a config field per role.
+"""One Transformer in three shapes, whose attention variant is a config field per role.
 
-Pre-LayerNorm blocks, sinusoidal positions (so any length can be evaluated), tied input
-and output embeddings. Encoder self-attention and decoder cross-attention honour the
-padding lengths; decoder self-attention is causal.
+- `encoder_decoder` (seq2seq): encoder self-attention, causal decoder self-attention and
+  cross-attention; teacher-forced logits, decoding with each variant's incremental state.
+- `decoder` (causal language model): decoder blocks without cross-attention.
+- `encoder` (classifier): encoder blocks, then CLS or mean pooling and a linear head.
+
+The blocks and the attention layer are shared by all three. Pre-LayerNorm blocks; positions
+sinusoidal (added to the embeddings, so any length can be evaluated), rotary (`rope`, in
+self-attention, decoding at the right offset) or none; tied input and output embeddings.
+Self-attention honours the padding lengths; decoder self-attention is causal.
 """
 
 from __future__ import annotations
@@ -17,9 +23,18 @@ from flax import nnx
 from attention_zoo.layer import MultiHeadAttention
 
 
+SHAPES = ("encoder_decoder", "decoder", "encoder")
+POSITIONS = ("sinusoidal", "rope", "none")
+POOLINGS = ("cls", "mean")
+
+
 @dataclasses.dataclass(frozen=True)
 class TransformerConfig:
   vocab_size: int
+  shape: str = "encoder_decoder"      # one of SHAPES
+  pooling: str = "cls"                # encoder (classifier): cls or mean, as LRA's pooling_mode
+  positions: str = "sinusoidal"       # added to the embeddings, rotary in self-attention, none
+  num_classes: int | None = None      # encoder (classifier): its output size
   d_model: int = 128
   num_heads: int = 4
   num_kv_heads: int | None = None     # None: as many as num_heads; fewer: grouped-query
@@ -62,11 +77,11 @@ class _Block(nnx.Module):
 
   def __init__(self, cfg: TransformerConfig, *, cross: bool, self_attention: str,
                rngs: nnx.Rngs):
-    attention = lambda name: MultiHeadAttention(
+    attention = lambda name, rope=False: MultiHeadAttention(
         cfg.d_model, cfg.num_heads, attention=name, options=cfg.options(name),
-        num_kv_heads=cfg.num_kv_heads, rngs=rngs)
-    self.self_norm, self.self_attention = nnx.LayerNorm(cfg.d_model, rngs=rngs), attention(
-        self_attention)
+        num_kv_heads=cfg.num_kv_heads, rope=rope, rngs=rngs)
+    self.self_norm = nnx.LayerNorm(cfg.d_model, rngs=rngs)
+    self.self_attention = attention(self_attention, rope=cfg.positions == "rope")
     self.cross_norm = nnx.LayerNorm(cfg.d_model, rngs=rngs) if cross else None
     self.cross_attention = attention(cfg.cross_attention or cfg.attention) if cross else None
     self.ff_norm, self.ff = nnx.LayerNorm(cfg.d_model, rngs=rngs), _FeedForward(cfg, rngs)
@@ -80,7 +95,7 @@ class _Block(nnx.Module):
       h = self.self_attention(h, is_causal=is_causal, query_lengths=lengths,
                               context_lengths=lengths)
     else:
-      h, cache = self.self_attention.decode_step(h, cache)
+      h, cache = self.self_attention.decode_step(h, cache, position)
     x = x + _drop(self.dropout, h, rngs)
     if self.cross_attention is not None:
       h = self.cross_norm(x)
@@ -95,24 +110,45 @@ class _Block(nnx.Module):
 class Transformer(nnx.Module):
 
   def __init__(self, cfg: TransformerConfig, *, rngs: nnx.Rngs):
+    if cfg.shape not in SHAPES or cfg.pooling not in POOLINGS or cfg.positions not in POSITIONS:
+      raise ValueError(f"TransformerConfig: shape={cfg.shape!r} (choose from {SHAPES}), "
+                       f"pooling={cfg.pooling!r} (from {POOLINGS}), positions="
+                       f"{cfg.positions!r} (from {POSITIONS})")
     self.cfg = cfg
     self.embed = nnx.Embed(cfg.vocab_size, cfg.d_model, rngs=rngs)
+    encoder = cfg.shape != "decoder"
+    decoder = cfg.shape != "encoder"
     self.encoder = nnx.List([
         _Block(cfg, cross=False, self_attention=cfg.encoder_attention or cfg.attention,
-               rngs=rngs) for _ in range(cfg.num_encoder_layers)])
-    self.decoder = nnx.List([_Block(cfg, cross=True, self_attention=cfg.attention, rngs=rngs)
-                             for _ in range(cfg.num_decoder_layers)])
-    self.encoder_norm = nnx.LayerNorm(cfg.d_model, rngs=rngs)
-    self.decoder_norm = nnx.LayerNorm(cfg.d_model, rngs=rngs)
+               rngs=rngs) for _ in range(cfg.num_encoder_layers if encoder else 0)])
+    self.decoder = nnx.List([
+        _Block(cfg, cross=cfg.shape == "encoder_decoder", self_attention=cfg.attention,
+               rngs=rngs) for _ in range(cfg.num_decoder_layers if decoder else 0)])
+    self.encoder_norm = nnx.LayerNorm(cfg.d_model, rngs=rngs) if encoder else None
+    self.decoder_norm = nnx.LayerNorm(cfg.d_model, rngs=rngs) if decoder else None
+    classifier = cfg.shape == "encoder"
+    if classifier and not cfg.num_classes:
+      raise ValueError("TransformerConfig: the encoder (classifier) shape needs num_classes")
+    self.cls = (nnx.Param(jax.random.normal(rngs.params(), (cfg.d_model,)) * 0.02)
+                if classifier and cfg.pooling == "cls" else None)
+    self.head = nnx.Linear(cfg.d_model, cfg.num_classes, rngs=rngs) if classifier else None
     self.dropout = nnx.Dropout(cfg.dropout_rate)
 
   def _embed(self, tokens, positions, rngs):
-    x = self.embed(tokens) * np.sqrt(self.cfg.d_model) + sinusoids(positions, self.cfg.d_model)
+    x = self.embed(tokens) * np.sqrt(self.cfg.d_model)
+    if self.cfg.positions == "sinusoidal":
+      x = x + sinusoids(positions, self.cfg.d_model)
     return _drop(self.dropout, x, rngs)
 
-  def encode(self, inputs, input_lengths, rngs=None):
-    """inputs int [B, S] (right-padded) -> memory [B, S, D]."""
-    x = self._embed(inputs, jnp.arange(inputs.shape[1]), rngs)
+  def encode(self, inputs, input_lengths, rngs=None, prefix=None):
+    """inputs int [B, S] (right-padded) -> memory [B, S, D]; `prefix` [D] (the classifier's
+    CLS vector) is put before every sequence at position 0."""
+    x = self._embed(inputs, jnp.arange(inputs.shape[1]) + (prefix is not None), rngs)
+    if prefix is not None:
+      start = prefix + (sinusoids(jnp.zeros((1,), jnp.int32), self.cfg.d_model)
+                        if self.cfg.positions == "sinusoidal" else 0.0)
+      x = jnp.concatenate([jnp.broadcast_to(start, (x.shape[0], 1, x.shape[2])), x], axis=1)
+      input_lengths = input_lengths + 1
     for block in self.encoder:
       x, _ = block(x, input_lengths, is_causal=False, rngs=rngs)
     return self.encoder_norm(x)
@@ -126,13 +162,38 @@ class Transformer(nnx.Module):
     return self.embed.attend(self.decoder_norm(y))
 
   def __call__(self, inputs, input_lengths, decoder_inputs, target_lengths, rngs=None):
+    """encoder_decoder: teacher-forced logits [B, T, V] of the targets given the inputs."""
     memory = self.encode(inputs, input_lengths, rngs)
     return self.decode(decoder_inputs, target_lengths, memory, input_lengths, rngs)
+
+  def language_model(self, tokens, lengths, rngs=None):
+    """decoder: next-token logits [B, L, V] of tokens int [B, L] (right-padded)."""
+    return self.decode(tokens, lengths, None, None, rngs)
+
+  def classify(self, inputs, input_lengths, rngs=None):
+    """encoder: class logits [B, C] of inputs int [B, S], pooled by CLS or the mean."""
+    if self.cls is None:
+      memory = self.encode(inputs, input_lengths, rngs)
+      real = (jnp.arange(inputs.shape[1]) < input_lengths[:, None])[..., None]
+      pooled = jnp.sum(memory * real, 1) / jnp.maximum(input_lengths, 1)[:, None]
+    else:
+      pooled = self.encode(inputs, input_lengths, rngs, prefix=self.cls[...])[:, 0]
+    return self.head(pooled)
+
+  def state_size(self, max_length: int) -> int:
+    """Floats of the decoding state (caches) of all self-attention layers for one sequence of
+    `max_length` tokens: what a variant must remember (Zoology's and Based's x-axis). An
+    encoder-only model counts its encoder's layers, as if it decoded."""
+    blocks = self.decoder if len(self.decoder) else self.encoder
+    return sum(int(np.prod(x.shape)) for block in blocks
+               for x in jax.tree.leaves(jax.eval_shape(
+                   lambda b=block: b.self_attention.init_cache(1, max_length)))
+               if jnp.issubdtype(x.dtype, jnp.floating))
 
   def init_caches(self, batch: int, max_length: int):
     return [block.self_attention.init_cache(batch, max_length) for block in self.decoder]
 
-  def decode_step(self, token, position, caches, memory, input_lengths):
+  def decode_step(self, token, position, caches, memory=None, input_lengths=None):
     """One decoder position: token int [B, 1] at `position` -> (logits [B, V], caches)."""
     y = self._embed(token, jnp.full((1,), position), None)
     new_caches = []

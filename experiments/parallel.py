@@ -17,6 +17,7 @@ import numpy as np
 from jax.sharding import NamedSharding, PartitionSpec as P
 
 from attention_zoo import registry
+from experiments import checks
 
 AXES = ("data", "fsdp", "sequence")
 BATCH_AXES = ("data", "fsdp")
@@ -66,25 +67,26 @@ def make_mesh(mesh_cfg) -> jax.sharding.Mesh:
                        axis_types=(jax.sharding.AxisType.Auto,) * len(AXES))
 
 
-def check_batches(mesh: jax.sharding.Mesh, config) -> None:
+def check_batches(shape: dict[str, int], config, processes: int | None = None) -> None:
   """Batch sizes must split evenly over the batch axes and the processes; only ring
-  attention can use a `sequence` axis."""
-  shards = mesh.shape["data"] * mesh.shape["fsdp"]
+  attention can use a `sequence` axis. `shape`: each mesh axis's size (`mesh.shape`, or
+  `mesh_shape(...)` where no mesh is made, as in a sweep's up-front checks)."""
+  shards = shape["data"] * shape["fsdp"]
+  processes = jax.process_count() if processes is None else processes
   for field in ("batch_size", "eval_batch_size"):
     size = config.data[field]
     for parts, what in ((shards, f"the {shards} devices of mesh axes data x fsdp"),
-                        (jax.process_count(), f"the {jax.process_count()} processes")):
+                        (processes, f"the {processes} processes")):
       if size % parts:
         raise ValueError(f"config.data.{field}={size} does not divide evenly over {what}; "
                          f"use a multiple of {parts}")
-  sequence = mesh.shape["sequence"]
-  roles = {config.model.attention, config.model.cross_attention or config.model.attention,
-           config.model.encoder_attention or config.model.attention}
+  sequence = shape["sequence"]
+  roles = {name for _, name in checks.attention_roles(config).values()}
   splitters = registry.names(splits_sequences=True)
   if sequence > 1 and not roles & set(splitters):
     raise ValueError(f"config.mesh.sequence={sequence} splits sequences, which only "
-                     f"{splitters} attention does; set config.model.attention to one "
-                     f"(roles: {sorted(roles)})")
+                     f"{' or '.join(splitters)} attention does; set config.model.attention "
+                     f"to it (roles: {sorted(roles)})")
 
 
 def split_lengths(lengths: dict, sequence: int) -> dict:

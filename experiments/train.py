@@ -23,17 +23,21 @@ import tqdm
 from flax import nnx
 
 from attention_zoo import registry
-from experiments import checks, checkpoints, data, decode, metrics, parallel
+from experiments import (checks, checkpoints, data, decode, footprint, metrics,
+                         objectives, parallel, rundir, tasks)
 from experiments.model import Transformer, TransformerConfig
 
 
-def model_config(config, vocab_size: int) -> TransformerConfig:
+def model_config(config, vocab_size: int, shape: str = "encoder_decoder",
+                 num_classes: int | None = None) -> TransformerConfig:
   """The typed model config: model code never reads a ConfigDict."""
   m = config.model
   used = {m.attention, m.cross_attention or m.attention, m.encoder_attention or m.attention}
   options = tuple((name, registry.frozen(m.options[name])) for name in sorted(used))
   return TransformerConfig(
-      vocab_size=vocab_size, d_model=m.d_model, num_heads=m.num_heads,
+      vocab_size=vocab_size, shape=shape, pooling=m.pooling, positions=m.positions,
+      num_classes=num_classes,
+      d_model=m.d_model, num_heads=m.num_heads,
       num_kv_heads=m.num_kv_heads, d_ff=m.d_ff, num_encoder_layers=m.num_encoder_layers,
       num_decoder_layers=m.num_decoder_layers, dropout_rate=m.dropout_rate,
       attention=m.attention, cross_attention=m.cross_attention,
@@ -65,30 +69,19 @@ def optimizer(cfg, schedule: optax.Schedule) -> optax.GradientTransformation:
   return optax.chain(optax.clip_by_global_norm(cfg.grad_clip), update)
 
 
-def token_metrics(logits, batch) -> dict:
-  """Sums over the real target tokens: loss, correct tokens, token count."""
-  weights = jnp.arange(batch["targets"].shape[1]) < batch["target_lengths"][:, None]
-  loss = optax.softmax_cross_entropy_with_integer_labels(logits.astype(jnp.float32),
-                                                         batch["targets"])
-  correct = (logits.argmax(-1) == batch["targets"]) & weights
-  return dict(loss_sum=jnp.sum(loss * weights), correct=jnp.sum(correct),
-              tokens=jnp.sum(weights))
+def _sums(objective, graphdef, params, batch, rngs=None):
+  logits = objective.logits(nnx.merge(graphdef, params), batch, rngs)
+  return objectives.sums(objective, logits, batch)
 
 
-def _forward(graphdef, params, batch, rngs=None):
-  model = nnx.merge(graphdef, params)
-  return model(batch["inputs"], batch["input_lengths"], batch["decoder_inputs"],
-               batch["target_lengths"], rngs=rngs)
-
-
-def train_step(graphdef, tx, dropout_key, state, batch):
+def train_step(graphdef, tx, objective, dropout_key, state, batch):
   """One AdamW step; dropout is keyed by the step, so a resumed run repeats it exactly."""
   key = jax.random.fold_in(dropout_key, state["step"])
 
   def loss_fn(params):
     rngs = nnx.Rngs(dropout=key)  # made inside the traced function that draws from it
-    sums = token_metrics(_forward(graphdef, params, batch, rngs), batch)
-    return sums["loss_sum"] / jnp.maximum(sums["tokens"], 1), sums
+    sums = _sums(objective, graphdef, params, batch, rngs)
+    return sums["loss_sum"] / jnp.maximum(sums["count"], 1), sums
 
   (loss, sums), grads = jax.value_and_grad(loss_fn, has_aux=True)(state["params"])
   updates, opt_state = tx.update(grads, state["opt_state"], state["params"])
@@ -98,12 +91,8 @@ def train_step(graphdef, tx, dropout_key, state, batch):
       opt_state=opt_state,
       nonfinite_step=jnp.where((state["nonfinite_step"] < 0) & ~finite, state["step"] + 1,
                                state["nonfinite_step"]))
-  return new_state, dict(loss=loss, token_accuracy=sums["correct"] / sums["tokens"],
-                         grad_norm=optax.tree.norm(grads))
-
-
-def eval_step(graphdef, params, batch):
-  return token_metrics(_forward(graphdef, params, batch), batch)
+  return new_state, {"loss": loss, objective.accuracy: sums["correct"] / sums["count"],
+                     "grad_norm": optax.tree.norm(grads)}
 
 
 @dataclasses.dataclass
@@ -113,48 +102,104 @@ class _Steps:
   evaluate: object
   decode: object
   batch_sharding: object
+  objective: objectives.Objective
 
 
-def _evaluate(steps, params, task, cfg, split, max_batches=None, decoding=False) -> dict:
-  totals = dict(loss_sum=0.0, correct=0, tokens=0, exact=0, sequences=0)
-  for batch in data.eval_batches(task, cfg, split, max_batches):
+def _totals(steps, params, task, cfg, split, max_batches=None, decoding=False) -> dict:
+  """The split's summed metrics (with decoding: `decoded_exact`, rows decoded exactly)."""
+  totals = dict(loss_sum=0.0, correct=0, count=0, exact=0, rows=0, decoded_exact=0)
+  for batch in data.eval_batches(task, cfg, steps.objective.shape, split, max_batches):
     on_devices = parallel.to_global(parallel.process_rows(batch), steps.batch_sharding)
-    sums = jax.device_get(steps.evaluate(params, on_devices))
-    for k in ("loss_sum", "correct", "tokens"):
-      totals[k] += float(sums[k])
-    totals["sequences"] += int(np.sum(batch["target_lengths"] > 0))
+    for k, v in jax.device_get(steps.evaluate(params, on_devices)).items():
+      totals[k] += v.item()
     if decoding:
       decoded = parallel.to_host(steps.decode(params, on_devices))
-      totals["exact"] += int(decode.exact_matches(decoded, batch))
-  out = {f"{split}_loss": totals["loss_sum"] / max(totals["tokens"], 1),
-         f"{split}_token_accuracy": totals["correct"] / max(totals["tokens"], 1)}
+      totals["decoded_exact"] += int(decode.exact_matches(decoded, batch))
+  return totals
+
+
+def _metrics(steps, prefix, totals, decoding=False) -> dict:
+  out = objectives.metrics(steps.objective, prefix, totals)
   if decoding:
-    out[f"{split}_exact_accuracy"] = totals["exact"] / max(totals["sequences"], 1)
+    out[f"{prefix}_exact_accuracy"] = totals["decoded_exact"] / max(totals["rows"], 1)
   return out
+
+
+def _evaluate(steps, params, task, cfg, split, max_batches=None) -> dict:
+  return _metrics(steps, split, _totals(steps, params, task, cfg, split, max_batches))
+
+
+def _final_evaluation(steps, params, task, cfg, splits) -> dict:
+  """Metrics of every split in `splits` ("test" meaning the task's test splits), decoding
+  where the objective does; with several test splits (MQAR's (L, N) pairs) also their
+  pooled `test_*` metrics."""
+  named = [s for split in splits
+           for s in (task.test_splits if split == "test" else (split,)) if s in task.sources]
+  final, tests = {}, []
+  for split in dict.fromkeys(named):
+    totals = _totals(steps, params, task, cfg, split, decoding=steps.objective.decodes)
+    final.update(_metrics(steps, split, totals, steps.objective.decodes))
+    if split in task.test_splits:
+      tests.append(totals)
+  if len(tests) > 1:
+    pooled = {k: sum(t[k] for t in tests) for k in tests[0]}
+    final.update(_metrics(steps, "test", pooled, steps.objective.decodes))
+  return final
 
 
 def train_and_evaluate(config, workdir: str) -> dict:
   """Trains (resuming from workdir if it holds a checkpoint) and returns the final metrics.
 
   Data-parallel over every device of every process (config.mesh, experiments/parallel.py).
+  A finished run returns its final metrics unchanged, unless `config.reevaluate`.
   """
   checks.check_config(config)
   mesh = parallel.make_mesh(config.mesh)
-  parallel.check_batches(mesh, config)
-  with jax.set_mesh(mesh):  # ring attention finds its mesh axis here
+  parallel.check_batches(mesh.shape, config)
+  footprint.check_fits(config, dict(mesh.shape))  # before any data is built
+  os.makedirs(workdir, exist_ok=True)
+  with rundir.hold(workdir, jax.process_index()), jax.set_mesh(mesh):  # mesh: for ring
     return _train_and_evaluate(config, workdir, mesh)
+
+
+def _finished(config, workdir: str) -> dict | None:
+  """A finished run's final metrics (it is left as it is), or None: train or re-evaluate."""
+  records = metrics.read(workdir)  # a broken metrics.jsonl fails here, naming the line
+  done = next((r for r in reversed(records) if r.get("final")), None)
+  if done is None:
+    return None
+  if done["step"] != config.num_train_steps:
+    rundir.say(workdir, f"its final evaluation at step {done['step']} is replaced: the run "
+                        f"now trains to step {config.num_train_steps}")
+    return None
+  if config.reevaluate:
+    rundir.say(workdir, f"re-evaluating the finished run (step {done['step']}); its final "
+                        f"record is replaced")
+    return None
+  final = metrics.final(records)
+  path = os.path.join(workdir, "final_metrics.json")
+  if jax.process_index() == 0 and not os.path.exists(path):  # killed before writing it
+    rundir.write_atomic(path, json.dumps(final, indent=2))
+  rundir.say(workdir, f"already finished at step {done['step']} (final metrics in "
+                      f"metrics.jsonl); nothing to do. --config.reevaluate=True evaluates it "
+                      f"again")
+  return final
 
 
 def _train_and_evaluate(config, workdir: str, mesh) -> dict:
   first_process = jax.process_index() == 0  # the one that writes files besides checkpoints
-  os.makedirs(workdir, exist_ok=True)
+  final = _finished(config, workdir)
+  if final is not None:
+    return final
   if first_process:
-    with open(os.path.join(workdir, "config.json"), "w", encoding="utf-8") as f:
-      f.write(config.to_json_best_effort(indent=2))
+    rundir.write_atomic(os.path.join(workdir, "config.json"),
+                        config.to_json_best_effort(indent=2))
   task = data.load_task(config.data)
   task = dataclasses.replace(task, lengths=parallel.split_lengths(task.lengths,
                                                                  mesh.shape["sequence"]))
-  model = Transformer(model_config(config, task.vocab_size), rngs=nnx.Rngs(config.seed))
+  objective = objectives.OBJECTIVES[tasks.model_shape(config)]
+  model = Transformer(model_config(config, task.vocab_size, objective.shape, task.num_classes),
+                      rngs=nnx.Rngs(config.seed))
   graphdef, params = nnx.split(model)
   schedule = learning_rate_schedule(config.optimizer, config.num_train_steps)
   tx = optimizer(config.optimizer, schedule)
@@ -163,8 +208,8 @@ def _train_and_evaluate(config, workdir: str, mesh) -> dict:
   state_sharding = parallel.state_shardings(mesh, state)
   state = jax.device_put(state, state_sharding)
   batch_sharding = parallel.batch_sharding(mesh)
-  train_iter = iter(data.train_dataset(task, config.data, config.seed, jax.process_index(),
-                                       jax.process_count()))
+  train_iter = iter(data.train_dataset(task, config.data, objective.shape, config.seed,
+                                       jax.process_index(), jax.process_count()))
   ckpt = checkpoints.Checkpoints(workdir, config.checkpoint_every, config.keep_checkpoints)
   state, start = ckpt.restore(state, train_iter)
   writer = metrics.MetricsWriter(workdir, start, enabled=first_process)
@@ -172,15 +217,15 @@ def _train_and_evaluate(config, workdir: str, mesh) -> dict:
   dropout_key = jax.random.key(config.seed + 1)
   local = next(train_iter)
   started = time.perf_counter()
-  train = jax.jit(functools.partial(train_step, graphdef, tx, dropout_key),
+  train = jax.jit(functools.partial(train_step, graphdef, tx, objective, dropout_key),
                   in_shardings=(state_sharding, batch_sharding),
                   out_shardings=(state_sharding, parallel.replicated(mesh)), donate_argnums=0)
   train = train.lower(state, parallel.to_global(local, batch_sharding)).compile()
   compile_seconds = time.perf_counter() - started
-  steps = _Steps(train=train, evaluate=jax.jit(functools.partial(eval_step, graphdef)),
+  steps = _Steps(train=train, evaluate=jax.jit(functools.partial(_sums, objective, graphdef)),
                  decode=jax.jit(functools.partial(decode.beam_search, graphdef,
                                                   beam_size=config.beam_size)),
-                 batch_sharding=batch_sharding)
+                 batch_sharding=batch_sharding, objective=objective)
   memory = train.memory_analysis()
   run_info = dict(compile_seconds=compile_seconds, devices=jax.device_count(),
                   train_step_memory_mib=(  # per device
@@ -196,8 +241,7 @@ def _train_and_evaluate(config, workdir: str, mesh) -> dict:
     for step in range(start + 1, config.num_train_steps + 1):
       state, step_metrics = steps.train(state, parallel.to_global(local, batch_sharding))
       pending.append(step_metrics)
-      tokens += jax.process_count() * int(local["input_lengths"].sum() +
-                                          local["target_lengths"].sum())  # all processes
+      tokens += jax.process_count() * objective.tokens(local)  # all processes
       if step % config.log_every == 0 or step == config.num_train_steps:
         _check_finite(state)
         seconds = time.perf_counter() - interval_start
@@ -220,18 +264,18 @@ def _train_and_evaluate(config, workdir: str, mesh) -> dict:
       progress.update(1)
       if step < config.num_train_steps:
         local = next(train_iter)
-    final = {}
-    for split in config.decode_splits:
-      if split in task.sources:
-        final.update(_evaluate(steps, state["params"], task, config.data, split, decoding=True))
+    final = _final_evaluation(steps, state["params"], task, config.data, config.decode_splits)
+    final["state_size"] = model.state_size(max(length for length, _ in task.lengths.values()))
+    ckpt.wait()  # the final record marks the run finished: its checkpoints come first
+    rundir.kill_at("before_final_write", config.num_train_steps)
     writer.write(config.num_train_steps, {**final, "final": True})
+    rundir.kill_at("after_final_write", config.num_train_steps)
   finally:
     progress.close()
     ckpt.close()
     writer.close()
   if first_process:
-    with open(os.path.join(workdir, "final_metrics.json"), "w", encoding="utf-8") as f:
-      json.dump(final, f, indent=2)
+    rundir.write_atomic(os.path.join(workdir, "final_metrics.json"), json.dumps(final, indent=2))
   parallel.barrier("run finished")  # processes leave together (jax.distributed's shutdown)
   return final
 

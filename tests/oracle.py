@@ -1,6 +1,7 @@
 """Independent references for the tests: JAX's own attention and a numpy mask builder."""
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 
 
@@ -33,3 +34,37 @@ def live_rows(B, N, T, S, **kwargs):
   """float [B, T, N, 1]: 1 where the query row can attend at least one key."""
   ok = allowed(B, N, T, S, **kwargs).any(axis=-1)  # [B, N, T]
   return ok.transpose(0, 2, 1)[..., None].astype(np.float32)
+
+
+def kernelized(phi_q, phi_k, v, allowed):
+  """Linear attention's quadratic form: out_i = sum_j a_ij v_j / sum_j a_ij with
+  a_ij = phi(q_i)·phi(k_j) on allowed pairs ([B, N, T, S]); zeros where the sum is 0."""
+  groups = phi_q.shape[2] // phi_k.shape[2]
+  phi_k, v = (jnp.repeat(x, groups, axis=2) for x in (phi_k, v))
+  a = jnp.einsum("btnf,bsnf->bnts", phi_q, phi_k) * allowed
+  den = a.sum(-1)
+  out = jnp.einsum("bnts,bsnh->btnh", a, v) / jnp.where(den > 0, den, 1)[..., None].swapaxes(1, 2)
+  return jnp.where((den > 0).swapaxes(1, 2)[..., None], out, 0.0)
+
+
+def per_token_inputs(name, query_shape, seed=0):
+  """A variant's per-token inputs (its registry entry's), drawn inside their bounds (clipped
+  to [-3, 3]) with a 5% margin."""
+  from attention_zoo import registry  # pylint: disable=import-outside-toplevel
+  rng = np.random.default_rng(seed)
+  inputs = {}
+  for input_name, spec in registry.entry(name).inputs.items():
+    low, high = max(spec.bounds[0], -3.0), min(spec.bounds[1], 3.0)
+    inputs[input_name] = jnp.asarray(
+        rng.uniform(low + 0.05 * (high - low), high - 0.05 * (high - low),
+                    size=spec.shape(query_shape)), jnp.float32)
+  return inputs
+
+
+def unit_keys(name, key):
+  """Keys of unit norm for a variant whose layer normalises them (the delta rule is a
+  contraction only on unit keys); the keys unchanged otherwise."""
+  from attention_zoo import registry  # pylint: disable=import-outside-toplevel
+  if not registry.entry(name).normalize_qk:
+    return key
+  return key / jnp.linalg.norm(key.astype(jnp.float32), axis=-1, keepdims=True).astype(key.dtype)

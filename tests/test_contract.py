@@ -7,6 +7,7 @@ import pytest
 
 import attention_zoo
 from attention_zoo import registry
+from tests import oracle
 
 # Options a variant cannot run without; a new variant needs an entry only if it has some.
 REQUIRED_OPTIONS = {"local": dict(local_window_size=(4, 4))}
@@ -25,23 +26,12 @@ def _arrays(dtype=jnp.float32, seed=0, t=T, s=S):
 
 
 def _inputs(name, query_shape, seed=0):
-  """The variant's per-token inputs (its registry entry's), drawn inside their bounds."""
-  rng = np.random.default_rng(seed)
-  inputs = {}
-  for input_name, spec in registry.entry(name).inputs.items():
-    low, high = max(spec.bounds[0], -3.0), min(spec.bounds[1], 3.0)
-    inputs[input_name] = jnp.asarray(
-        rng.uniform(low + 0.05 * (high - low), high - 0.05 * (high - low),
-                    size=spec.shape(query_shape)), jnp.float32)
-  return inputs
+  return oracle.per_token_inputs(name, query_shape, seed)
 
 
 def _call(name, attend, q, k, v, **kwargs):
-  """attend(q, k, v, **kwargs) with the variant's inputs added; keys unit-norm for a variant
-  whose layer normalises them (the delta rule is only a contraction on unit keys)."""
-  if registry.entry(name).normalize_qk:
-    k = k / jnp.linalg.norm(k.astype(jnp.float32), axis=-1, keepdims=True).astype(k.dtype)
-  return attend(q, k, v, **kwargs, **_inputs(name, q.shape))
+  """attend(q, k, v, **kwargs) with the variant's per-token inputs, on its domain's keys."""
+  return attend(q, oracle.unit_keys(name, k), v, **kwargs, **_inputs(name, q.shape))
 
 
 NAMES = attention_zoo.names()
@@ -97,7 +87,7 @@ def test_jit_and_no_jit_agree_without_retracing(name):
   raw = registry.VARIANTS[name].fn
   before = attend.jitted._cache_size()
   for seed in range(3):
-    q, k, v = _arrays(seed=seed, t=T + 4)  # a shape no other test uses
+    q, k, v = _arrays(seed=seed, t=T + 4, s=S + 4)  # a shape no other test uses
     np.testing.assert_allclose(_call(name, attend, q, k, v, is_causal=True),
                                _call(name, raw, q, k, v, is_causal=True, **attend.bound),
                                atol=1e-6)
@@ -122,7 +112,7 @@ def test_options_bind_like_partial(name):
 def _bad_inputs():
   q, k, v = _arrays()
   return {
-      "rank": ((q[0], k, v), {}, r"query must have rank 4 .* got shape \(13, 4, 8\)"),
+      "rank": ((q[0, 0], k, v), {}, r"query must have rank 4 .* got shape \(4, 8\)"),
       "head dim": ((q, k[..., :4], v[..., :4]), {}, r"agree on B and H"),
       "key/value shapes": ((q, k, v[:, :5]), {}, r"key and value shapes differ"),
       "heads": ((q[:, :, :3], k, v), {}, r"N=3 must be a multiple of key/value heads K=2"),
@@ -208,7 +198,8 @@ def test_lookups_are_shared():
 
 def test_unknown_names_and_options_list_what_exists():
   with pytest.raises(ValueError,
-                     match=r"registered: \['chunked', 'linear', 'local', 'ring', 'softmax"):
+                     match=r"registered: \['chunked', 'deltanet', 'gated_deltanet', 'gla', "
+                           r"'linear', 'local', 'retention', 'ring', 'softmax'\]"):
     attention_zoo.get("flash")
   with pytest.raises(ValueError, match=r"'query_chunk_size', 'key_chunk_size'"):
     attention_zoo.get("chunked", chunk_size=3)

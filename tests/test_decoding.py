@@ -10,7 +10,7 @@ from flax import nnx
 import attention_zoo
 from attention_zoo import decoding, registry
 from experiments.model import Transformer, TransformerConfig
-from tests import tiny
+from tests import oracle, tiny
 
 B, T, N, K, H = 2, 11, 4, 2, 8
 OPTIONS = {"chunked": dict(query_chunk_size=4, key_chunk_size=3),
@@ -24,10 +24,12 @@ def test_attention_steps_equal_causal_attention(name, options):
   rng = np.random.default_rng(0)
   q = jnp.asarray(rng.normal(size=(B, T, N, H)), jnp.float32)
   k, v = (jnp.asarray(rng.normal(size=(B, T, K, H)), jnp.float32) for _ in range(2))
-  full = attention_zoo.get(name, **options)(q, k, v, is_causal=True)
+  k, inputs = oracle.unit_keys(name, k), oracle.per_token_inputs(name, q.shape)
+  full = attention_zoo.get(name, **options)(q, k, v, is_causal=True, **inputs)
   cache, steps = decoding.init(name, options, B, T, N, K, H), []
   for t in range(T):
-    out, cache = decoding.step(name, options, cache, q[:, t:t + 1], k[:, t:t + 1], v[:, t:t + 1])
+    out, cache = decoding.step(name, options, cache, q[:, t:t + 1], k[:, t:t + 1], v[:, t:t + 1],
+                               **{n: x[:, t:t + 1] for n, x in inputs.items()})
     steps.append(out)
   np.testing.assert_allclose(jnp.concatenate(steps, axis=1), full, atol=2e-6, rtol=2e-5)
 

@@ -4,6 +4,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 import attention_zoo
 from attention_zoo import linear
@@ -21,13 +23,7 @@ def _arrays(seed=0, t=T, s=S, h=H):
   return [jnp.asarray(x, jnp.float32) for x in (q, k, v)]
 
 
-def quadratic(phi_q, phi_k, v, allowed):
-  """out_i = sum_j a_ij v_j / sum_j a_ij with a_ij = phi(q_i)·phi(k_j) on allowed pairs."""
-  phi_k, v = (jnp.repeat(x, N // K, axis=2) for x in (phi_k, v))
-  a = jnp.einsum("btnf,bsnf->bnts", phi_q, phi_k) * allowed
-  den = a.sum(-1)
-  out = jnp.einsum("bnts,bsnh->btnh", a, v) / jnp.where(den > 0, den, 1)[..., None].swapaxes(1, 2)
-  return jnp.where((den > 0).swapaxes(1, 2)[..., None], out, 0.0)
+quadratic = oracle.kernelized  # out_i = sum_j a_ij v_j / sum_j a_ij, a_ij = phi(q_i)·phi(k_j)
 
 
 def prefix_sums(phi_q, phi_k, v):
@@ -120,3 +116,107 @@ def test_bad_options_raise_at_lookup():
     attention_zoo.get("linear", feature_map="tanh")
   with pytest.raises(ValueError, match="chunk_size must be a positive int"):
     attention_zoo.get("linear", chunk_size=0)
+
+
+def test_elu_features_do_not_cancel_at_very_negative_inputs():
+  """elu+1 is exp(x) for x <= 0: computed so, it matches float64 where elu(x) + 1 cancels
+  (x = -17: 6.0e-8 instead of 4.1e-8; x <= -20: exactly 0)."""
+  x = np.array([-1.0, -10.0, -17.0, -20.0, -30.0, -50.0, -80.0, -87.0])
+  q = jnp.asarray(x.reshape(1, -1, 1, 1), jnp.float32)
+  phi_q, phi_k = linear.features(q, q, scale=None, feature_map="elu")
+  np.testing.assert_allclose(np.asarray(phi_q).ravel(), np.exp(x), rtol=1e-6)
+  np.testing.assert_allclose(np.asarray(phi_k).ravel(), np.exp(x), rtol=1e-6)
+  log_q, _ = linear.log_features(q, q, scale=None, feature_map="elu")
+  np.testing.assert_array_equal(np.asarray(log_q).ravel(), x.astype(np.float32))
+
+
+def _hull_case(feature_map, is_causal, chunk_size, sigma, seed, padding):
+  """Queries and keys of standard deviation `sigma`, values in [1, 2] (so a zero row is
+  outside their hull); returns (output, allowed [B, N, T, S], values, relu normaliser)."""
+  rng = np.random.default_rng(seed)
+  b, t, n, kv, h = 2, 9, 2, 1, 4
+  q = sigma * rng.normal(size=(b, t, n, h))
+  k = sigma * rng.normal(size=(b, t, kv, h))
+  if feature_map == "elu" and is_causal and chunk_size > 1:
+    k = np.clip(k, -75, 147)  # the documented range for elu with shared chunk shifts
+  v = rng.uniform(1, 2, size=(b, t, kv, h))
+  lengths = dict(key_value_seq_lengths=jnp.array([9, 4], jnp.int32),
+                 query_seq_lengths=jnp.array([7, 9], jnp.int32)) if padding else {}
+  attend = attention_zoo.get("linear", feature_map=feature_map, num_features=32,
+                             chunk_size=chunk_size)
+  out = attend(*(jnp.asarray(x, jnp.float32) for x in (q, k, v)), is_causal=is_causal,
+               **lengths)
+  allowed = oracle.allowed(b, n, t, t, is_causal=is_causal,
+                           **{a: np.asarray(x) for a, x in lengths.items()})
+  relu_den = np.einsum("btnf,bsnf->bnts", np.maximum(q, 0),
+                       np.repeat(np.maximum(k, 0), n // kv, axis=2)) * allowed
+  return np.asarray(out), allowed, np.repeat(v, n // kv, axis=2), relu_den.sum(-1)
+
+
+def _check_convex_hull(feature_map, is_causal, chunk_size, sigma, seed, padding):
+  out, allowed, v, relu_den = _hull_case(feature_map, is_causal, chunk_size, sigma, seed,
+                                         padding)
+  assert np.isfinite(out).all()
+  B, N, T, _ = allowed.shape
+  for b in range(B):
+    for n in range(N):
+      for i in range(T):
+        row = out[b, i, n]
+        keys = allowed[b, n, i]
+        if not keys.any() or (feature_map == "relu" and relu_den[b, n, i] == 0):
+          np.testing.assert_array_equal(row, 0.0)  # no key, or no shared relu feature
+          continue
+        attended = v[b, keys, n]
+        assert (row >= attended.min(0) - 1e-5).all() and (row <= attended.max(0) + 1e-5).all(), (
+            f"row {(b, i, n)} = {row} is outside the hull of its values "
+            f"[{attended.min(0)}, {attended.max(0)}]")
+
+
+_HULL_CASES = dict(feature_map=st.sampled_from(linear.FEATURE_MAPS),
+                   mode=st.sampled_from(["bidirectional", "causal exact", "causal chunked"]),
+                   sigma=st.sampled_from([1.0, 3.0, 10.0, 30.0]), seed=st.integers(0, 2**16),
+                   padding=st.booleans())
+
+
+def _hull(feature_map, mode, sigma, seed, padding):
+  if mode == "causal chunked" and feature_map == "favor":
+    mode = "causal exact"  # favor's claim with shared chunk shifts stops short of 30σ
+  _check_convex_hull(feature_map, mode != "bidirectional", 1 if mode == "causal exact" else 4,
+                     sigma, seed, padding)
+
+
+@settings(max_examples=8, deadline=None, derandomize=True, database=None)
+@given(**_HULL_CASES)
+def test_rows_are_convex_combinations_of_their_values(feature_map, mode, sigma, seed, padding):
+  """Positive feature maps: each row that attends a key is a convex combination of those
+  values, on inputs up to 30 standard deviations (before the shifts, favor's keys
+  underflowed to zero rows at 3): non-causal always; causal with chunk_size=1; causal with
+  chunks for elu (key entries in [-75, 147]) and relu."""
+  _hull(feature_map, mode, sigma, seed, padding)
+
+
+@pytest.mark.fuzz
+@settings(max_examples=30, deadline=None, derandomize=True, database=None)
+@given(**_HULL_CASES)
+def test_convex_combinations_fuzz(feature_map, mode, sigma, seed, padding):
+  _hull(feature_map, mode, sigma, seed, padding)
+
+
+@pytest.mark.parametrize("feature_map", linear.FEATURE_MAPS)
+def test_recurrent_form_is_a_convex_combination_at_30_sigma(feature_map):
+  """The decoding state keeps a running per-feature shift: exact at any magnitude."""
+  rng = np.random.default_rng(0)
+  q, k = (jnp.asarray(30 * rng.normal(size=(1, 9, 2, 4)), jnp.float32) for _ in range(2))
+  v = jnp.asarray(rng.uniform(1, 2, size=(1, 9, 2, 4)), jnp.float32)
+  options = dict(feature_map=feature_map, num_features=32)
+  state = linear.init_state(1, 2, 2, 4, **options)
+  step = jax.jit(lambda state, q, k, v: linear.recurrent_step(state, q, k, v, **options))
+  for t in range(9):
+    out, state = step(state, q[:, t:t + 1], k[:, t:t + 1], v[:, t:t + 1])
+    row, seen = np.asarray(out[0, 0]), np.asarray(v[0, :t + 1])
+    zero = feature_map == "relu" and not (np.maximum(np.asarray(q[0, t]), 0)[None]
+                                          * np.maximum(np.asarray(k[0, :t + 1]), 0)).sum(-1).any()
+    if zero:
+      np.testing.assert_array_equal(row, 0.0)
+    else:
+      assert (row >= seen.min(0) - 1e-5).all() and (row <= seen.max(0) + 1e-5).all(), (t, row)

@@ -72,9 +72,19 @@ def test_median_rounds_down_as_lra():
   assert listops.apply(13, [9, 9, 3]) == 1 and listops.apply(10, [0, 7, 3]) == 7
 
 
-def test_listops_feeds_the_pipeline(task):
+def test_listops_feeds_the_classifier(task):
   task, cfg = task
-  batch = next(iter(data.eval_batches(task, cfg, "test", max_batches=1)))
+  batch = next(iter(data.eval_batches(task, cfg, "encoder", "test", max_batches=1)))
+  assert batch["inputs"].shape == (cfg.eval_batch_size, MAX_LENGTH)
+  real = batch["input_lengths"] > 0  # 60 examples; the batch is padded with empty rows
+  assert real.sum() == 60 and task.num_classes == 10
+  answers = [int(task.sources["test"][i]["targets"][0]) for i in range(60)]
+  np.testing.assert_array_equal(batch["label"][real], answers)
+
+
+def test_listops_feeds_the_seq2seq_readout(task):
+  task, cfg = task
+  batch = next(iter(data.eval_batches(task, cfg, "encoder_decoder", "test", max_batches=1)))
   assert batch["inputs"].shape == (cfg.eval_batch_size, MAX_LENGTH)
   assert batch["targets"].shape == (cfg.eval_batch_size, 2)  # the answer, then EOS
   real = batch["input_lengths"] > 0  # 60 examples; the batch is padded with empty rows

@@ -1,8 +1,9 @@
 """Forward+backward memory, read exactly from XLA's compiled programs (nothing is run).
 
-At T = S = 8192, 8 heads, head dim 64: chunked (causal and not), local (window 256)
-and causal linear each use at most 1/16 of softmax's temporary memory, and doubling
-the length at most doubles (x2.2) each of their figures.
+At T = S = 8192, 8 heads, head dim 64: chunked (causal and not), local (window 256),
+causal linear and the gated and delta-rule recurrences (retention, gla, deltanet,
+gated_deltanet; gradients to their gates and beta too) each use at most 1/16 of softmax's
+temporary memory, and doubling the length at most doubles (x2.2) each of their figures.
 """
 
 import pytest

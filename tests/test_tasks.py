@@ -56,35 +56,36 @@ def test_text_pairs_are_bytes_of_the_rule(data_dir):
 def test_encoding_adds_bos_eos_and_padding(data_dir):
   loaded = data.load_task(tiny.config(data_dir=data_dir).data)
   example = {"inputs": np.array([0, 4, 2]), "targets": np.array([0, 4, 2])}
-  e = data.encode(loaded, example, "train")
+  e = data.encode(loaded, example, "train", "encoder_decoder")
   max_in, max_out = loaded.lengths["train"]
   np.testing.assert_array_equal(e["inputs"], np.pad([3, 7, 5], (0, max_in - 3)))
   np.testing.assert_array_equal(e["decoder_inputs"][:4], [data.BOS, 3, 7, 5])
   np.testing.assert_array_equal(e["targets"][:4], [3, 7, 5, data.EOS])
   assert (e["input_lengths"], e["target_lengths"]) == (3, 4)
   with pytest.raises(ValueError, match="exceeds the padded lengths"):
-    data.encode(loaded, {"inputs": np.zeros(max_in + 1), "targets": np.zeros(1)}, "train")
+    data.encode(loaded, {"inputs": np.zeros(max_in + 1), "targets": np.zeros(1)}, "train",
+                "encoder_decoder")
 
 
 def test_training_order_is_seeded_and_resumes_at_the_next_batch(data_dir):
   cfg = tiny.config(data_dir=data_dir).data
   loaded = data.load_task(cfg)
-  first = iter(data.train_dataset(loaded, cfg, seed=0))
+  first = iter(data.train_dataset(loaded, cfg, "encoder_decoder", seed=0))
   batches = [next(first) for _ in range(3)]
-  again = iter(data.train_dataset(loaded, cfg, seed=0))
+  again = iter(data.train_dataset(loaded, cfg, "encoder_decoder", seed=0))
   np.testing.assert_array_equal(next(again)["inputs"], batches[0]["inputs"])
   state = again.get_state()
-  resumed = iter(data.train_dataset(loaded, cfg, seed=0))
+  resumed = iter(data.train_dataset(loaded, cfg, "encoder_decoder", seed=0))
   resumed.set_state(state)
   np.testing.assert_array_equal(next(resumed)["inputs"], batches[1]["inputs"])
-  other = next(iter(data.train_dataset(loaded, cfg, seed=1)))
+  other = next(iter(data.train_dataset(loaded, cfg, "encoder_decoder", seed=1)))
   assert not np.array_equal(other["inputs"], batches[0]["inputs"])
 
 
 def test_last_eval_batch_is_padded_with_empty_rows(data_dir):
   cfg = tiny.config(data_dir=data_dir).data  # 40 examples, batches of 16
   loaded = data.load_task(cfg)
-  batches = list(data.eval_batches(loaded, cfg, "validation"))
+  batches = list(data.eval_batches(loaded, cfg, "encoder_decoder", "validation"))
   assert [b["inputs"].shape[0] for b in batches] == [16, 16, 16]
   assert int((batches[-1]["target_lengths"] > 0).sum()) == 40 - 32
 
@@ -110,7 +111,7 @@ def test_the_data_path_needs_no_tensorflow(tmp_path):
           "from experiments import data\nfrom tests import tiny\n"
           f"cfg = tiny.config(data_dir={str(tmp_path)!r}).data\n"
           "task = data.load_task(cfg)\n"
-          "batch = next(iter(data.train_dataset(task, cfg, seed=0)))\n"
+          "batch = next(iter(data.train_dataset(task, cfg, 'encoder_decoder', seed=0)))\n"
           "assert batch['inputs'].shape == (cfg.batch_size, task.lengths['train'][0])\n"
           "imported = {m.split('.')[0] for m, mod in sys.modules.items() if mod is not None}\n"
           "assert 'tensorflow' not in imported, 'the data path imported tensorflow'\n")

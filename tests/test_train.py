@@ -104,7 +104,7 @@ def test_nan_loss_stops_with_the_step(data_dir, tmp_path):
 
 @pytest.mark.parametrize("override,message", [
     ({"data.task": "copyy"}, r"config.data.task='copyy' is not a task; choose from \('copy'"),
-    ({"model.attention": "flash"}, r"is not a variant; choose from \['chunked', 'linear'"),
+    ({"model.attention": "flash"}, r"is not a variant; choose from \['chunked', 'deltanet'"),
     ({"model.cross_attention": "flash"}, r"config.model.cross_attention='flash'"),
     ({"model.options.chunked.query_chunk_size": 0, "model.attention": "chunked"},
      r"query_chunk_size must be a positive int"),
@@ -133,5 +133,5 @@ def test_launch_rejects_misspelt_fields_and_unknown_variants(tmp_path):
   typo = run("--config.model.attentoin=linear")
   assert typo.returncode != 0 and 'Did you mean "attention"' in typo.stderr
   unknown = run("--config.model.attention=flash")
-  assert unknown.returncode != 0 and "choose from ['chunked', 'linear', 'local'" in unknown.stderr
+  assert unknown.returncode != 0 and "choose from ['chunked', 'deltanet'" in unknown.stderr
   assert not os.path.exists(tmp_path / "checkpoints")

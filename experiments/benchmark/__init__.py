@@ -2,8 +2,9 @@
 
 config.kind picks the benchmark: `attention` (every variant against JAX, over a grid),
 `rabe_staats` or `lra_efficiency` (the published tables), `devices` (the training loop over
-1-8 devices). Each writes results.json,
-results.csv and table.md to the workdir (and PNG plots for `attention`), and prints the table.
+1-8 devices), `recurrence` (the gated and delta-rule recurrences against their scan form).
+Each writes results.json, results.csv and table.md to the workdir (and PNG plots for
+`attention`), and prints the table.
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ import platform
 
 import jax
 
-from experiments.benchmark import attention, devices, papers, peers
+from experiments.benchmark import attention, devices, papers, peers, recurrences
 
 
 def _attention(config):
@@ -24,7 +25,8 @@ def _attention(config):
 
 
 KINDS = {"attention": _attention, "rabe_staats": papers.rabe_staats,
-         "lra_efficiency": papers.lra_efficiency, "devices": devices.run}
+         "lra_efficiency": papers.lra_efficiency, "devices": devices.run,
+         "recurrence": recurrences.run}
 
 
 def run(config, workdir: str) -> str:

@@ -16,7 +16,8 @@ import optax
 from flax import nnx
 
 import attention_zoo
-from experiments import train
+from configs import base
+from experiments import objectives, train
 from experiments.benchmark import measure
 from experiments.benchmark.attention import parse_variant
 from experiments.model import Transformer
@@ -108,7 +109,8 @@ def lra_efficiency(config) -> tuple[list[dict], str]:
 
 def _lra_train_step(config, name, options, length):
   """One training step of the byte-level classifier (a one-token seq2seq answer)."""
-  c = ml_collections.ConfigDict(config.model.to_dict())
+  # The benchmark's model fields over the defaults of every other model field.
+  c = ml_collections.ConfigDict({**base.get_config().model.to_dict(), **config.model.to_dict()})
   c.attention = name
   c.options = {n: {**attention_zoo.options(n), **(options if n == name else {})}
                for n in attention_zoo.names()}
@@ -124,7 +126,8 @@ def _lra_train_step(config, name, options, length):
                input_lengths=jnp.full((B,), length, jnp.int32),
                decoder_inputs=jnp.ones((B, 1), jnp.int32), targets=jnp.full((B, 1), 3, jnp.int32),
                target_lengths=jnp.ones((B,), jnp.int32))
-  return functools.partial(train.train_step, graphdef, tx, jax.random.key(0)), (state, batch)
+  return functools.partial(train.train_step, graphdef, tx, objectives.SEQ2SEQ,
+                           jax.random.key(0)), (state, batch)
 
 
 def _lra_table(rows, config) -> str:

@@ -19,6 +19,7 @@ def run(sweep, workdir: str) -> str:
   """Runs every pending run of the sweep, then writes and returns its table."""
   runs = grid.expand(sweep)  # every run's config is checked before any run starts
   grid.check_layout(sweep)
+  grid.check_devices(runs)
   os.makedirs(workdir, exist_ok=True)
   with open(os.path.join(workdir, "sweep.json"), "w", encoding="utf-8") as f:
     json.dump(dict(table=sweep.table.to_dict(),

@@ -12,11 +12,22 @@ from __future__ import annotations
 
 import dataclasses
 import itertools
+import json
+import os
 import re
+import subprocess
+import sys
 
 import ml_collections
 
-from experiments import checks
+from experiments import checks, footprint, parallel
+
+REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+# Run in a child process: JAX started here would hold the accelerator (a TPU admits one
+# process; a GPU loses most of its memory to the first) that the runs' processes need.
+_PROBE = ("import json, sys; sys.path.insert(0, {repo!r}); import jax; "
+          "from experiments import footprint; "
+          "print(json.dumps([jax.device_count(), footprint.device_memory()]))")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -92,14 +103,35 @@ def expand(sweep) -> list[Run]:
   return runs
 
 
+def check_devices(runs: list[Run]) -> None:
+  """What needs the devices, for every run before the first starts: the mesh against the
+  device count, batches against the mesh, the model against a device's memory."""
+  probe = subprocess.run([sys.executable, "-c", _PROBE.format(repo=REPO)], capture_output=True,
+                         text=True, timeout=600, check=False)
+  if probe.returncode:
+    raise RuntimeError(f"could not list the devices for the sweep's checks:\n"
+                       f"{probe.stderr[-2000:]}")
+  count, memory = json.loads(probe.stdout.strip().splitlines()[-1])
+  for run in runs:
+    try:
+      shape = parallel.mesh_shape(run.config.mesh, count)
+      parallel.check_batches(shape, run.config, processes=1)
+      footprint.check_fits(run.config, shape, tuple(memory))
+    except ValueError as e:
+      raise ValueError(f"sweep run {run.labels}: {e}") from None
+
+
 def check_layout(sweep) -> None:
-  """Every axis is a row, the column or the one aggregated over (seeds), exactly once."""
+  """Every axis is a row, the column, the one aggregated over (seeds) or the one whose best
+  value is reported (best_over), exactly once."""
   t = sweep.table
-  used = [*t.rows, *([t.columns] if t.columns else []), *([t.over] if t.over else [])]
+  used = [*t.rows, *([t.columns] if t.columns else []), *([t.over] if t.over else []),
+          *([t.best_over] if t.best_over else [])]
   axes = [axis[0] for axis in sweep.axes]
   if sorted(used) != sorted(axes):
-    raise ValueError(f"sweep.table: rows {tuple(t.rows)}, columns {t.columns!r} and over "
-                     f"{t.over!r} must name each axis of {axes} exactly once")
+    raise ValueError(f"sweep.table: rows {tuple(t.rows)}, columns {t.columns!r}, over "
+                     f"{t.over!r} and best_over {t.best_over!r} must name each axis of {axes} "
+                     f"exactly once")
   if t.x_axis and t.x_axis != t.columns:
     raise ValueError(f"sweep.table.x_axis={t.x_axis!r} must be the columns axis "
                      f"({t.columns!r}): it is plotted against the rows")

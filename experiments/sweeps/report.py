@@ -26,20 +26,40 @@ def load(workdir: str) -> tuple[dict, list[dict]]:
   runs = []
   for run in sweep["runs"]:
     path = os.path.join(workdir, run["name"])
-    records = metrics.read(path)
-    runs.append(dict(run, final=metrics.final(records), records=records,
-                     failed=os.path.exists(os.path.join(path, "failure.json"))))
+    try:
+      records, error = metrics.read(path), None
+    except ValueError as e:  # one run's broken file: that run is out of the table, not all
+      records, error = [], str(e)
+    runs.append(dict(run, final=metrics.final(records), records=records, unreadable=error,
+                     failed=error is not None or os.path.exists(
+                         os.path.join(path, "failure.json"))))
   return sweep["table"], runs
 
 
 def cells(table: dict, runs: list[dict]) -> dict:
-  """{(row labels, column label): [runs]}: the runs that differ only on the `over` axis."""
+  """{(row labels, column label): [runs]}: the runs that differ only on the `over` axis
+  (and, with `best_over`, on that axis too: then the runs of its best value)."""
   out = {}
   for run in runs:
     key = (tuple(run["labels"][a] for a in table["rows"]),
            run["labels"][table["columns"]] if table["columns"] else None)
     out.setdefault(key, []).append(run)
+  if table.get("best_over"):
+    out = {key: best(table, group) for key, group in out.items()}
   return out
+
+
+def best(table: dict, group: list[dict]) -> list[dict]:
+  """The runs of the `best_over` value (a learning rate, say) with the best mean of the first
+  metric (lowest for a loss, else highest), as papers report the best of a sweep."""
+  by = {}
+  for run in group:
+    by.setdefault(run["labels"][table["best_over"]], []).append(run)
+  metric = table["metrics"][0]
+  sign = -1 if metric.endswith("loss") else 1
+  score = lambda runs: (-np.inf if summary(runs, metric)["mean"] is None
+                        else sign * summary(runs, metric)["mean"])
+  return max(by.values(), key=score)
 
 
 def summary(runs: list[dict], metric: str, scale: float = 1.0) -> dict:
@@ -84,6 +104,8 @@ def markdown(table: dict, runs: list[dict]) -> str:
         for row in rows]))
   if table.get("published"):
     parts.append(published_table(table, groups, rows, columns))
+  parts += [f"\nLeft out, its metrics unreadable: {r['name']}: {r['unreadable']}\n"
+            for r in runs if r.get("unreadable")]
   return "\n".join(parts)
 
 
@@ -157,18 +179,23 @@ def _aligned(group: list[dict], metric: str):
   return np.array(steps), np.array([[c[s] for s in steps] for c in curves])
 
 
-def plot_against_axis(path: str, table: dict, runs: list[dict], metric: str) -> None:
-  """The final `metric` against the x_axis (e.g. sequence length), a line per row, ± std."""
+def plot_against_axis(path: str, table: dict, runs: list[dict], metric: str,
+                      x_metric: str | None = None) -> None:
+  """The final `metric` against the x_axis (e.g. sequence length), a line per row, ± std;
+  or, given `x_metric` (e.g. state_size), against that final metric's mean in each cell."""
   groups = cells(table, runs)
+  x = lambda column, group: (summary(group, x_metric)["mean"] if x_metric else float(column))
   fig, ax = plt.subplots(figsize=(5.5, 3.8))
   for row in dict.fromkeys(row for row, _ in groups):
-    points = sorted((float(c), summary(g, metric)) for (r, c), g in groups.items() if r == row)
-    points = [(x, s) for x, s in points if s["mean"] is not None]
+    points = sorted((x(c, g), summary(g, metric)) for (r, c), g in groups.items() if r == row)
+    points = [(x, s) for x, s in points if s["mean"] is not None and x is not None]
     if points:
       xs = [x for x, _ in points]
       ax.errorbar(xs, [s["mean"] for _, s in points], yerr=[s["std"] for _, s in points],
                   marker="o", capsize=3, label=_row_name(row))
-  ax.set(xlabel=table["x_axis"], ylabel=metric)
+  ax.set(xlabel=x_metric or table["x_axis"], ylabel=metric)
+  if x_metric:
+    ax.set_xscale("log")
   if ax.get_legend_handles_labels()[0]:
     ax.legend(fontsize=8)
   fig.tight_layout()
@@ -189,4 +216,8 @@ def write(workdir: str) -> str:
     for metric in table["metrics"]:
       plot_against_axis(os.path.join(workdir, f"{metric}_vs_{table['x_axis']}.png"), table,
                         runs, metric)
+  if table.get("x_metric"):
+    for metric in table["metrics"]:
+      plot_against_axis(os.path.join(workdir, f"{metric}_vs_{table['x_metric']}.png"), table,
+                        runs, metric, x_metric=table["x_metric"])
   return text

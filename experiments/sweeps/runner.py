@@ -3,7 +3,8 @@
 A run is *finished* when its metrics.jsonl holds the final evaluation, *failed* when its
 workdir holds failure.json (the error and traceback), and otherwise pending: re-launching
 the sweep resumes it from its latest checkpoint. Failed runs are not retried unless
-`sweep.retry_failed`.
+`sweep.retry_failed`. A run whose metrics.jsonl is broken fails alone (its process says
+which line), and never stops the sweep.
 """
 
 from __future__ import annotations
@@ -29,13 +30,22 @@ POLL_SECONDS = 1.0
 def status(workdir: str) -> str:
   if os.path.exists(os.path.join(workdir, FAILURE)):
     return "failed"
-  if metrics.final(metrics.read(workdir)) is not None:
+  if metrics.final(_records(workdir)) is not None:
     return "finished"
-  return "pending"
+  return "pending"  # a broken metrics.jsonl too: its process fails, naming the line
+
+
+def _records(workdir: str) -> list[dict]:
+  """The run's metrics, or none where its metrics.jsonl is broken (one run's broken file
+  must not stop the sweep; the run's own process reports it)."""
+  try:
+    return metrics.read(workdir)
+  except ValueError:
+    return []
 
 
 def _last_step(workdir: str) -> int:
-  return max((r["step"] for r in metrics.read(workdir)), default=0)
+  return max((r["step"] for r in _records(workdir)), default=0)
 
 
 def _train_in_child(config, workdir: str, parent: int) -> None:
@@ -77,7 +87,7 @@ def write_results(workdir: str, runs: list[grid.Run]) -> str:
     run_dir = os.path.join(workdir, run.name)
     entry = dict(name=run.name, labels=run.labels, overrides=run.overrides,
                  status=status(run_dir))
-    final = metrics.final(metrics.read(run_dir))
+    final = metrics.final(_records(run_dir))
     if final is not None:
       entry["final"] = final
     if entry["status"] == "failed":
@@ -112,16 +122,15 @@ def run_all(sweep, workdir: str, runs: list[grid.Run]) -> dict[str, str]:
         process = context.Process(target=_train_in_child, args=(run.config, run_dir, os.getpid()),
                                   name=run.name)
         process.start()
-        running[run.name] = (process, run_dir)
+        running[run.name] = (process, run_dir, _oom_kills())
       time.sleep(POLL_SECONDS)
-      for name, (process, run_dir) in list(running.items()):
+      for name, (process, run_dir, oom_kills) in list(running.items()):
         steps[name] = _last_step(run_dir)  # only running runs move
         if process.exitcode is None:
           continue
         del running[name]
         if process.exitcode != 0 and not os.path.exists(os.path.join(run_dir, FAILURE)):
-          _record_failure(run_dir, f"the run's process exited with code {process.exitcode}"
-                          f"{' (killed: out of memory?)' if process.exitcode < 0 else ''}")
+          _record_failure(run_dir, _exit_reason(process.exitcode, oom_kills, _oom_kills()))
         states[name] = status(run_dir)
         write_results(workdir, runs)
         if states[name] == "failed":
@@ -131,13 +140,49 @@ def run_all(sweep, workdir: str, runs: list[grid.Run]) -> dict[str, str]:
       progress.set_postfix(runs=f"{counts['finished']}/{len(runs)} done", failed=counts["failed"],
                            running=",".join(running) or "-")
   except KeyboardInterrupt:
-    for process, _ in running.values():
+    for process, *_ in running.values():
       process.terminate()
     raise
   finally:
     progress.close()
   write_results(workdir, runs)
   return states
+
+
+def _exit_reason(code: int, oom_before: int | None, oom_after: int | None) -> str:
+  """Why a run's process ended: its exit code, or the signal that killed it, and out of
+  memory only where the kernel counted an out-of-memory kill meanwhile."""
+  if code >= 0:
+    return f"the run's process exited with code {code}"
+  try:
+    name = signal.Signals(-code).name
+  except ValueError:
+    name = f"signal {-code}"
+  oom = (oom_before is not None and oom_after is not None and oom_after > oom_before)
+  return (f"the run's process was killed by {name}" + (
+      f" (out of memory: the kernel's OOM killer killed {oom_after - oom_before} process(es) "
+      f"in this cgroup while it ran)" if oom else ""))
+
+
+def _oom_kills() -> int | None:
+  """The kernel's count of out-of-memory kills in this process's memory cgroup (v2's
+  memory.events or v1's memory.oom_control), or None where neither can be read."""
+  try:
+    with open("/proc/self/cgroup", encoding="utf-8") as f:
+      v2 = next((line.split(":", 2)[2].strip() for line in f if line.startswith("0::")), "/")
+  except OSError:
+    v2 = "/"
+  for path in (os.path.join("/sys/fs/cgroup", v2.lstrip("/"), "memory.events"),
+               "/sys/fs/cgroup/memory/memory.oom_control"):
+    try:
+      with open(path, encoding="utf-8") as f:
+        for line in f:
+          key, _, value = line.partition(" ")
+          if key == "oom_kill":
+            return int(value)
+    except (OSError, ValueError):
+      continue
+  return None
 
 
 def _error(run_dir: str) -> str:

@@ -25,6 +25,7 @@ from experiments.tasks import synthetic
 TOKENS = (*map(str, range(10)), "[MAX", "[MIN", "[MED", "[SM", "]")
 OPERATOR_TOKENS = {"[MAX": 10, "[MIN": 11, "[MED": 12, "[SM": 13}
 CLOSE = 14
+NUM_CLASSES = 10  # the answer is a digit
 OPERATOR_PROBABILITY = 0.25
 
 

@@ -1,0 +1,27 @@
+"""The gated and delta-rule recurrences, chunkwise, against their lax.scan recurrence and
+against causal `chunked` and causal `linear`: forward and forward+backward, T = 1K-16K.
+
+    python launch.py bench --config configs/bench/gated.py --workdir runs/bench_gated
+
+Expected on the 2-core CPU: about 10 minutes, most of it the scan recurrences (~8 s per
+forward+backward at T=16384). Targets at T=8192, forward+backward: every chunkwise variant
+at least 10x faster than its scan recurrence and 3x faster than causal chunked.
+"""
+
+import ml_collections
+
+
+def get_config():
+  c = ml_collections.ConfigDict()
+  c.kind = "recurrence"
+  c.variants = ("retention", "gla", "deltanet", "gated_deltanet")  # chunkwise, defaults
+  c.scan = True                      # time each one's token-by-token lax.scan too
+  c.baselines = ("chunked", "linear")  # causal, default options
+  c.lengths = (1024, 2048, 4096, 8192, 16384)
+  c.modes = ("forward", "forward_backward")
+  c.dtype = "float32"
+  c.batch, c.heads, c.head_dim = 1, 8, 64
+  c.repeats = 3                      # timed runs after one warm-up ...
+  c.seconds_per_case = 10.0          # ... fewer when they would take longer than this
+  c.memory_fraction = 0.8            # a case needing more of the free memory is not run
+  return c.lock()

@@ -1,0 +1,57 @@
+"""Zoology (Arora et al. 2023), Figure 2: MQAR accuracy against model width, per (L, N).
+
+A 2-layer decoder-only LM (configs/mqar.py) per attention variant and width, the learning
+rate swept and the best one reported (as the paper does), 3 seeds. Writes, besides the table
+(accuracy per (L, N) test split, mean ± std over seeds, at the best learning rate):
+`test_L{L}_N{N}_accuracy_vs_model.d_model.png` (the figure: a line per variant) and
+`test_accuracy_vs_state_size.png` (Based's Figure 2 view of the same runs; see
+configs/paper/based_mqar.py for its own grid).
+
+    python launch.py sweep --config configs/paper/zoology_mqar.py:reduced \
+        --workdir runs/zoology_mqar_reduced     # 2 CPU cores: see REDUCED below
+    python launch.py sweep --config configs/paper/zoology_mqar.py --workdir runs/zoology_mqar
+                                                # paper scale: a GPU job (not run here)
+
+The paper's figure is a plot without a table: softmax attention is near 1.0 at every width
+and (L, N); fixed-state variants fall as L and N grow and need more width to recover.
+Compare orderings, not decimals.
+
+Paper scale: V = 8192; training (L, N) = (64, 4), (128, 8), (256, 16), (256, 32), (256, 64);
+test (64, 4), (128, 8), (256, 16), (512, 64); widths 64, 128, 256, 512; learning rates
+1e-4 ... 1e-2 (4, log-spaced); 100K steps of batch 64. Not run here (no GPU).
+
+REDUCED: configs/mqar.py:reduced (V = 256, training (64, 4) and (128, 8), tests (64, 4),
+(128, 8) and (128, 16)) at widths 32 and 64, one learning rate, every registered variant
+that decodes (ring excluded: on one device it is softmax) and Performer. What was cut: the
+vocabulary (256 for 8192), the lengths (at most 128), the widths, the learning-rate sweep,
+and the steps. Measured wall time and results: see the README.
+"""
+
+import attention_zoo
+from configs import base
+from configs import mqar
+
+
+def variants() -> dict:
+  """Every registered variant that decodes, except ring (softmax on one device), and
+  Performer (linear with FAVOR+ features)."""
+  out = {name: base.attention_fields(name)
+         for name in attention_zoo.registry.names(decodes=True, splits_sequences=False)}
+  out["linear (favor)"] = {**base.attention_fields("linear"),
+                           "model.options.linear.feature_map": "favor"}
+  return out
+
+
+def get_config(scale: str = "paper", x_metric: str | None = "state_size"):
+  if scale not in ("paper", "reduced"):
+    raise ValueError(f"configs/paper/zoology_mqar.py:{scale}: choose paper or reduced")
+  c = mqar.get_config(scale)
+  widths = (64, 128, 256, 512) if scale == "paper" else (32, 64)
+  rates = (1e-4, 4.6e-4, 2.2e-3, 1e-2) if scale == "paper" else (c.optimizer.learning_rate,)
+  splits = [f"test_L{length}_N{pairs}_accuracy" for length, pairs in c.data.mqar_test_pairs]
+  return base.sweep(
+      c, axes=[("variant", variants()), ("model.d_model", widths),
+               ("optimizer.learning_rate", rates), ("seed", (0, 1, 2))],
+      rows=["variant"], columns="model.d_model", best_over="optimizer.learning_rate",
+      metrics=("test_accuracy", *splits), curves=("train_loss", "validation_accuracy"),
+      x_axis="model.d_model", x_metric=x_metric)
