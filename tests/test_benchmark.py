@@ -56,6 +56,7 @@ def test_rabe_staats_table(tmp_path):
   assert "| 2^6 |" in table
 
 
+@pytest.mark.slow
 def test_lra_efficiency_table(tmp_path):
   config = lra_efficiency.get_config().unlock()
   config.lengths, config.repeats, config.variants = (32, 48), 1, ("softmax", "linear")
@@ -79,6 +80,7 @@ def test_repeats_shrink_only_for_slow_cases():
   assert timed_runs(first_ms=60000.0, repeats=5, seconds=20.0) == 1
 
 
+@pytest.mark.slow
 def test_devices_benchmark_runs_the_loop_on_each_device_count(tmp_path):
   from configs.bench import devices  # pylint: disable=import-outside-toplevel
   from tests import tiny as tiny_experiment  # pylint: disable=import-outside-toplevel

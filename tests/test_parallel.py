@@ -54,6 +54,7 @@ def test_fsdp_shards_parameters_and_gives_the_same_curve(one_device):
   _assert_same_curve(_train(8, root / "fsdp", root / "tfds", **{"mesh.fsdp": 4}), reference)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("first,then", [(8, 1), (1, 8)])
 def test_checkpoint_resumes_on_another_device_count(one_device, first, then):
   root, reference = one_device
@@ -63,6 +64,7 @@ def test_checkpoint_resumes_on_another_device_count(one_device, first, then):
   _assert_same_curve(_train(then, workdir, root / "tfds"), reference)
 
 
+@pytest.mark.slow
 def test_ring_attention_trains_on_sequences_split_over_devices(tmp_path):
   """Sequences split over 4 devices (x 2 on data) give the one-device curve of ring."""
   split = _train(8, tmp_path / "split", tmp_path / "tfds", "ring",
@@ -108,6 +110,7 @@ print(json.dumps(final))
 """
 
 
+@pytest.mark.slow
 def test_two_processes_train_together(tmp_path):
   """Two processes of 2 CPU devices each (jax.distributed over localhost, as on two hosts):
   one run, each process feeding its own rows; both end with the same metrics."""

@@ -39,6 +39,7 @@ print(json.dumps(errors))
 """
 
 
+@pytest.mark.slow
 def test_ring_equals_softmax_on_2_4_8_devices():
   errors = devices.run(8, RING_VS_SOFTMAX)
   assert len(errors) == 3 * 2 * 4

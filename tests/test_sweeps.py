@@ -39,6 +39,7 @@ def _steps(run_dir):
   return [r["step"] for r in metrics.read(run_dir)]
 
 
+@pytest.mark.slow
 def test_tiny_sweep_survives_a_kill_and_ends_in_a_table(tmp_path):
   """2 variants x 2 seeds: SIGKILL the sweep during its second run, re-launch, finish."""
   workdir, data_dir = tmp_path / "sweep", tmp_path / "tfds"

@@ -38,6 +38,7 @@ def test_two_steps_per_variant(variant, data_dir, tmp_path):
   assert set(final) >= {"test_exact_accuracy", "test_long_exact_accuracy", "validation_loss"}
 
 
+@pytest.mark.slow
 def test_softmax_learns_copy(data_dir, tmp_path):
   """The default job's softmax config: 600 steps, ~30 s on 2 CPU cores (measured 99.9%)."""
   config = default_job.config("softmax")
