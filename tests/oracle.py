@@ -49,7 +49,7 @@ def kernelized(phi_q, phi_k, v, allowed):
 
 def per_token_inputs(name, query_shape, seed=0):
   """A variant's per-token inputs (its registry entry's), drawn inside their bounds (clipped
-  to [-3, 3]) with a 5% margin."""
+  to [-3, 3]) with a 5% margin; `seed` an int or a numpy Generator."""
   from attention_zoo import registry  # pylint: disable=import-outside-toplevel
   rng = np.random.default_rng(seed)
   inputs = {}

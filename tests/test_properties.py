@@ -202,7 +202,7 @@ def cases(draw, name, dtypes=(jnp.float32, jnp.bfloat16), nan=False):
   B, T, S, N, K, H = draw(st.sampled_from(shapes))
   dtype = draw(st.sampled_from(dtypes))
   rng = np.random.default_rng(draw(st.integers(0, 2**16)))
-  q, k, v = _arrays(entry, rng, (B, T, S, N, K, H), dtype)
+  q, k, v = _arrays(name, rng, (B, T, S, N, K, H), dtype)
   call = {"is_causal": True if entry.causal_only else draw(st.booleans())}
   if draw(st.booleans()):
     call["scale"] = 0.7
@@ -223,28 +223,16 @@ def cases(draw, name, dtypes=(jnp.float32, jnp.bfloat16), nan=False):
     bias = None if form is None else jnp.asarray(rng.normal(size=form), jnp.float32)
   unbatched = B == 1 and not nan and draw(st.booleans())
   options = {option: draw(st.sampled_from(values)) for option, values in spec.options.items()}
-  return options, Case(q, k, v, bias, mask, call, _inputs(entry, rng, q.shape), unbatched)
+  inputs = oracle.per_token_inputs(name, q.shape, rng)
+  return options, Case(q, k, v, bias, mask, call, inputs, unbatched)
 
 
-def _arrays(entry, rng, shape, dtype):
+def _arrays(name, rng, shape, dtype):
   """q, k, v of `shape` (B, T, S, N, K, H); unit-norm keys where the layer normalises them."""
   B, T, S, N, K, H = shape
   q = jnp.asarray(rng.normal(size=(B, T, N, H)), dtype)
   k, v = (jnp.asarray(rng.normal(size=(B, S, K, H)), dtype) for _ in range(2))
-  if entry.normalize_qk:
-    k = k / jnp.linalg.norm(k.astype(jnp.float32), axis=-1, keepdims=True).astype(dtype)
-  return q, k, v
-
-
-def _inputs(entry, rng, query_shape):
-  """The entry's per-token inputs, drawn inside their bounds."""
-  inputs = {}
-  for input_name, spec in entry.inputs.items():
-    low, high = max(spec.bounds[0], -3.0), min(spec.bounds[1], 3.0)
-    inputs[input_name] = jnp.asarray(
-        rng.uniform(low + 0.05 * (high - low), high - 0.05 * (high - low),
-                    size=spec.shape(query_shape)), jnp.float32)
-  return inputs
+  return q, oracle.unit_keys(name, k), v
 
 
 def _fixed_case(name, dtype=jnp.float32, seed=0, **call):
@@ -253,12 +241,12 @@ def _fixed_case(name, dtype=jnp.float32, seed=0, **call):
   entry, spec = registry.entry(name), _oracle(name)
   shape = (2, 7, 7, 4, 2, 4) if entry.causal_only else (2, 5, 7, 4, 2, 4)
   rng = np.random.default_rng(seed)
-  q, k, v = _arrays(entry, rng, shape, dtype)
+  q, k, v = _arrays(name, rng, shape, dtype)
   if entry.causal_only:
     call.setdefault("is_causal", True)
   if "local_window_size" in spec.needs:
     call.setdefault("local_window_size", (2, 1))
-  case = Case(q, k, v, None, None, call, _inputs(entry, rng, q.shape), False)
+  case = Case(q, k, v, None, None, call, oracle.per_token_inputs(name, q.shape, rng), False)
   return spec.fixed_options(), case
 
 

@@ -38,8 +38,7 @@ RUN = {"num_train_steps": 8, "eval_every": 2, "checkpoint_every": 2, "log_every"
 TIMING = {"steps_per_second", "tokens_per_second", "process_peak_rss_mib", "compile_seconds",
           "train_step_memory_mib", "devices"}
 TRAIN = """
-import json, sys
-sys.path.insert(0, {repo!r})
+import json
 from experiments import train
 from tests import tiny
 print(json.dumps(train.train_and_evaluate(tiny.config("softmax", {data_dir!r}, **{overrides!r}),
@@ -62,10 +61,10 @@ def _train(shared, workdir, kill_at=None, **overrides):
   """One run in a fresh process (killed at `kill_at`, a `point:step`, if given)."""
   data_dir, env = shared
   env = dict(env, **({rundir.KILL_AT: kill_at} if kill_at else {}))
-  code = TRAIN.format(repo=REPO, data_dir=str(data_dir), workdir=str(workdir),
+  code = TRAIN.format(data_dir=str(data_dir), workdir=str(workdir),
                       overrides={**RUN, **overrides})
-  return subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True,
-                        timeout=300, check=False)
+  return subprocess.run([sys.executable, "-c", code], env=env, cwd=REPO, capture_output=True,
+                        text=True, timeout=300, check=False)
 
 
 def _finished(process):
@@ -218,13 +217,12 @@ def test_a_second_process_is_refused_while_the_first_lives(tmp_path, shared):
   workdir = tmp_path / "run"
   os.makedirs(workdir)
   holder = subprocess.Popen([sys.executable, "-c", textwrap.dedent(f"""
-      import sys, time
-      sys.path.insert(0, {REPO!r})
+      import time
       from experiments import rundir
       with rundir.hold({str(workdir)!r}):
         print("held", flush=True)
         time.sleep(120)
-  """)], stdout=subprocess.PIPE, text=True)
+  """)], stdout=subprocess.PIPE, text=True, cwd=REPO)
   try:
     assert holder.stdout.readline().strip() == "held"
     with pytest.raises(rundir.WorkdirInUse, match=rf"in use by process {holder.pid} on "):

@@ -25,8 +25,8 @@ from experiments import checks, footprint, parallel
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 # Run in a child process: JAX started here would hold the accelerator (a TPU admits one
 # process; a GPU loses most of its memory to the first) that the runs' processes need.
-_PROBE = ("import json, sys; sys.path.insert(0, {repo!r}); import jax; "
-          "from experiments import footprint; "
+# (`python -c` imports from its working directory, the checkout.)
+_PROBE = ("import json; import jax; from experiments import footprint; "
           "print(json.dumps([jax.device_count(), footprint.device_memory()]))")
 
 
@@ -106,7 +106,7 @@ def expand(sweep) -> list[Run]:
 def check_devices(runs: list[Run]) -> None:
   """What needs the devices, for every run before the first starts: the mesh against the
   device count, batches against the mesh, the model against a device's memory."""
-  probe = subprocess.run([sys.executable, "-c", _PROBE.format(repo=REPO)], capture_output=True,
+  probe = subprocess.run([sys.executable, "-c", _PROBE], cwd=REPO, capture_output=True,
                          text=True, timeout=600, check=False)
   if probe.returncode:
     raise RuntimeError(f"could not list the devices for the sweep's checks:\n"
