@@ -13,13 +13,14 @@ largest log-feature of the keys (non-causal: all allowed keys; causal: those bef
 chunk, then those of the chunk), added back on the query side, and per query row its
 largest shifted log-feature. So no feature exceeds 1 and, non-causal, every row that may
 attend a key has a normaliser >= 1: its output is a convex combination of the values it
-attends for any finite input. So has every causal row with chunk_size=1, and every step of
-the recurrent form. With larger chunks the keys of a chunk share one shift, so a causal row
-can still underflow to zeros when a later key of its own chunk exceeds all keys the row
-attends by more than ~e^80 in every feature: never for elu with key entries in [-75, 147],
-nor for relu unless positive key entries of a chunk differ by a factor e^80; for favor,
-whose log-features grow with the square of the input, it happens from about 5 standard
-deviations (measured: 32 features, H = 4, none at 3). Use chunk_size=1 there.
+attends for any finite input. Causal, a chunk's rows sum the state before the chunk (at its
+shift) and the chunk's own keys; keys that share one shift can still underflow a row when a
+later key of the row's own chunk exceeds all keys it attends by ~e^80 in every feature:
+never for elu with key entries in [-75, 147], nor for relu unless positive key entries of a
+chunk differ by a factor e^80. favor's log-features grow with the square of the input (the
+underflow began at about 5 standard deviations), so there a chunk is halved down to single
+rows (`_within`): every shared shift then belongs to keys all of its rows attend, and every
+causal row is a convex combination too, at any chunk size.
 """
 
 from __future__ import annotations
@@ -67,7 +68,8 @@ def linear_attention(query, key, value, bias=None, mask=None, *, scale=None, is_
     lk = jnp.where(jnp.arange(S)[None, :, None, None] <
                    key_value_seq_lengths[:, None, None, None], lk, -jnp.inf)
   if is_causal:
-    num, den = _causal(lq, lk, v, chunk_size)
+    # favor's log-features grow with |x|²: only single-row blocks keep every row exact.
+    num, den = _causal(lq, lk, v, chunk_size, base=1 if feature_map == "favor" else chunk_size)
   else:
     num, den = _bidirectional(lq, lk, v)
   out = normalize(num, den)
@@ -200,17 +202,21 @@ def orthogonal_features(m: int, d: int, seed: int) -> np.ndarray:
   return (np.concatenate(blocks)[:m] * norms[:, None]).astype(np.float32)
 
 
-def _causal(lq, lk, v, chunk):
+def _causal(lq, lk, v, chunk, base):
   """Causal numerator [B,T,K,G,H] and normaliser [B,T,K,G], chunk by chunk.
 
   Query i attends keys j <= i (top-left aligned, as softmax); T != S is handled by
-  padding both to a whole number of chunks of the longer length. The state before each
-  chunk is kept relative to its own running shift, and each chunk's rows use the larger
-  of that shift and their chunk's own (see the module docstring).
+  padding both to a whole number of chunks of the longer length (a chunk longer than
+  the sequence shrinks to the power of two that covers it; one that is halved grows to a
+  power of two). Each row sums the state
+  before its chunk and the keys of its own chunk (`_within`, halving down to `base`
+  rows), every part at its own scale, combined as `_merge` does.
   """
   B, T, K, G, F = lq.shape
   S = lk.shape[1]
-  chunk = min(chunk, max(T, S))
+  if base < chunk:  # halving needs even sizes down to `base`
+    chunk = 1 << (chunk - 1).bit_length()
+  chunk = min(chunk, 1 << (max(T, S) - 1).bit_length())
   L = -(-max(T, S) // chunk) * chunk
   n = L // chunk
 
@@ -238,18 +244,61 @@ def _causal(lq, lk, v, chunk):
           jnp.zeros((B, K, F), f32))
   per_chunk = [jnp.moveaxis(x, 1, 0) for x in (own[:, :, 0], chunk_kv, chunk_k)]
   _, before = jax.lax.scan(carry_on, init, per_chunk)
-  prev, state_kv, state_k = (jnp.moveaxis(x, 0, 1) for x in before)
-  shift = _finite(jnp.maximum(prev, own[:, :, 0]))            # [B, n, K, F]
-  rescale = jnp.exp(prev - shift)                             # <= 1; 0 before any key
-  state_kv, state_k = state_kv * rescale[..., None], state_k * rescale
-  pk = jnp.exp(lk - shift[:, :, None])                        # <= 1
-  pq = _row_features(lq + shift[:, :, None, :, None, :])
-  causal = jnp.tril(jnp.ones((chunk, chunk), bool))
-  within = jnp.where(causal, jnp.einsum("bnckgf,bndkf->bnkgcd", pq, pk), 0.0)
-  num = (jnp.einsum("bnckgf,bnkfh->bnckgh", pq, state_kv)
-         + jnp.einsum("bnkgcd,bndkh->bnckgh", within, vv))
-  den = jnp.einsum("bnckgf,bnkf->bnckg", pq, state_k) + jnp.einsum("bnkgcd->bnckg", within)
-  return (num.reshape(B, L, K, G, -1)[:, :T], den.reshape(B, L, K, G)[:, :T])
+  prev, state_kv, state_k = (jnp.moveaxis(x, 0, 1) for x in before)  # state relative to prev
+  # The state's part at its own scale: -inf (no part) before any key.
+  a = lq + prev[:, :, None, :, None, :]
+  m = _finite_max(a, -1)
+  pq = jnp.exp(a - _finite(m))
+  past = (jnp.einsum("bnckgf,bnkfh->bnckgh", pq, state_kv),
+          jnp.einsum("bnckgf,bnkf->bnckg", pq, state_k), m[..., 0])
+  flat = lambda x: x.reshape(B * n, chunk, *x.shape[3:])
+  own_part = _within(flat(lq), flat(lk), flat(vv), base)
+  own_part = tuple(x.reshape(B, n, *x.shape[1:]) for x in own_part)
+  num, den, _ = _merge(past, own_part)
+  return num.reshape(B, L, K, G, -1)[:, :T], den.reshape(B, L, K, G)[:, :T]
+
+
+def _within(lq, lk, v, base):
+  """Each row's sum over the keys of its own block at or before it: (num, den, m), num
+  and den scaled by exp(-m). [M, C, ...] blocks; halves while C > base and C is even.
+
+  One block shares one key shift, which an unattended later key can set e^80 above every
+  key a row attends (then the row underflows to zeros). Halving keeps every shared shift
+  among keys that all of the block's rows attend: the lower-left quarter (the second
+  half's queries, the first half's keys) is a dense block; the two diagonal halves
+  recurse, batched. With base = 1 (and C a power of two) no row can underflow: each block's largest term is 1.
+  """
+  M, C = lq.shape[:2]
+  if C <= base or C % 2:
+    return _block(lq, lk, v, causal=True)
+  h = C // 2
+  lower_left = _block(lq[:, h:], lk[:, :h], v[:, :h], causal=False)
+  halves = lambda x: jnp.concatenate([x[:, :h], x[:, h:]])
+  num, den, m = _within(halves(lq), halves(lk), halves(v), base)
+  first = (num[:M], den[:M], m[:M])
+  second = _merge((num[M:], den[M:], m[M:]), lower_left)
+  return tuple(jnp.concatenate([x, y], axis=1) for x, y in zip(first, second))
+
+
+def _block(lq, lk, v, causal):
+  """One dense block [M, C, K, G, F] x [M, D, K, F]: (num, den, m) with one key shift per
+  feature and m the row's largest shifted log-feature (-inf: no finite key)."""
+  shift = _finite_max(lk, 1)                                  # [M, 1, K, F]
+  a = lq + shift[:, :, :, None, :]
+  m = _finite_max(a, -1)
+  pq, pk = jnp.exp(a - _finite(m)), jnp.exp(lk - _finite(shift))
+  s = jnp.einsum("mckgf,mdkf->mkgcd", pq, pk)
+  if causal:
+    s = jnp.where(jnp.tril(jnp.ones(s.shape[-2:], bool)), s, 0.0)
+  return (jnp.einsum("mkgcd,mdkh->mckgh", s, v), jnp.einsum("mkgcd->mckg", s), m[..., 0])
+
+
+def _merge(x, y):
+  """Sums two (num, den, m) parts of the same rows at the larger of their scales (as
+  flash attention's running maximum)."""
+  m = jnp.maximum(x[2], y[2])
+  a, b = jnp.exp(x[2] - _finite(m)), jnp.exp(y[2] - _finite(m))
+  return x[0] * a[..., None] + y[0] * b[..., None], x[1] * a + y[1] * b, m
 
 
 def init_state(batch: int, num_heads: int, kv_heads: int, head_dim: int, *, feature_map="elu",

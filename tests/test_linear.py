@@ -179,8 +179,6 @@ _HULL_CASES = dict(feature_map=st.sampled_from(linear.FEATURE_MAPS),
 
 
 def _hull(feature_map, mode, sigma, seed, padding):
-  if mode == "causal chunked" and feature_map == "favor":
-    mode = "causal exact"  # favor's claim with shared chunk shifts stops short of 30σ
   _check_convex_hull(feature_map, mode != "bidirectional", 1 if mode == "causal exact" else 4,
                      sigma, seed, padding)
 
@@ -191,8 +189,16 @@ def test_rows_are_convex_combinations_of_their_values(feature_map, mode, sigma, 
   """Positive feature maps: each row that attends a key is a convex combination of those
   values, on inputs up to 30 standard deviations (before the shifts, favor's keys
   underflowed to zero rows at 3): non-causal always; causal with chunk_size=1; causal with
-  chunks for elu (key entries in [-75, 147]) and relu."""
+  chunks for elu (key entries in [-75, 147]) and relu, and for favor (halved to rows)."""
   _hull(feature_map, mode, sigma, seed, padding)
+
+
+@pytest.mark.parametrize("chunk_size", [4, 6, 64])
+def test_favor_causal_chunks_are_convex_combinations_at_30_sigma(chunk_size):
+  """Shared chunk shifts underflowed favor's causal rows from ~5σ (a later key of the
+  chunk set the shift); halving the chunk to single rows keeps every row in its hull, at
+  chunk sizes that divide T, that do not, and that exceed it (then rounded to 2^k)."""
+  _check_convex_hull("favor", True, chunk_size, 30.0, seed=chunk_size, padding=True)
 
 
 @pytest.mark.fuzz
