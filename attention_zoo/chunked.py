@@ -33,12 +33,14 @@ DEFAULT_KEY_CHUNK_SIZE = 256
 @validation.call_forms(NAME)
 def chunked_attention(query, key, value, bias=None, mask=None, *, scale=None, is_causal=False,
                       query_seq_lengths=None, key_value_seq_lengths=None,
-                      local_window_size=None, query_chunk_size=DEFAULT_QUERY_CHUNK_SIZE,
+                      local_window_size=None, segment_ids=None,
+                      query_chunk_size=DEFAULT_QUERY_CHUNK_SIZE,
                       key_chunk_size=DEFAULT_KEY_CHUNK_SIZE):
   """Equal to `softmax` (to float32 rounding) on every argument, in O(T + S) memory.
 
   Blocks that causality or the window rule out entirely are skipped, not computed
-  and masked. Lengths need not be multiples of the chunk sizes, and chunk sizes above
+  and masked; so are blocks in which no query shares a segment with any key (`segment_ids`:
+  decided once per call from each block's smallest and largest id, see `_visits`). Lengths need not be multiples of the chunk sizes, and chunk sizes above
   them are clipped to them. A query row that can attend no key returns zeros; NaN reaches
   the rows it does in `softmax`. Supports reverse-mode differentiation (not forward mode).
   """
@@ -46,7 +48,7 @@ def chunked_attention(query, key, value, bias=None, mask=None, *, scale=None, is
   return blocked_attention(NAME, query, key, value, bias, mask, scale=scale,
                            is_causal=is_causal, query_seq_lengths=query_seq_lengths,
                            key_value_seq_lengths=key_value_seq_lengths,
-                           local_window_size=local_window_size,
+                           local_window_size=local_window_size, segment_ids=segment_ids,
                            query_chunk_size=query_chunk_size, key_chunk_size=key_chunk_size)
 
 
@@ -58,7 +60,7 @@ def check_options(query_chunk_size=DEFAULT_QUERY_CHUNK_SIZE,
 
 def blocked_attention(variant, query, key, value, bias, mask, *, scale, is_causal,
                       query_seq_lengths, key_value_seq_lengths, local_window_size,
-                      query_chunk_size, key_chunk_size):
+                      query_chunk_size, key_chunk_size, segment_ids=None, count_blocks=False):
   """Checks the arguments, pads to whole blocks and runs the block kernel."""
   dims = validation.check_inputs(variant, query, key, value, bias, mask,
                                  query_seq_lengths=query_seq_lengths,
@@ -79,9 +81,50 @@ def blocked_attention(variant, query, key, value, bias, mask, *, scale, is_causa
   kv_len = key_value_seq_lengths
   if kv_len is None and Sp > S:
     kv_len = jnp.full((B,), S, jnp.int32)  # the padded keys are not attended
-  out = _attention(plan, q, k, v, bias, mask, query_seq_lengths, kv_len)
+  segments = None
+  if segment_ids is not None:
+    segments = (_pad_edge(segment_ids[0], Tp).reshape(B, plan.nq, plan.bq).transpose(1, 0, 2),
+                _pad_edge(segment_ids[1], Sp).reshape(B, plan.nk, plan.bk).transpose(1, 0, 2))
+    segments = (*segments, _visits(*segments))
+  if count_blocks:  # the debug entry point: how many blocks the forward pass folds
+    return _forward(plan, q, k, v, bias, mask, query_seq_lengths, kv_len, segments)[2]
+  out = _attention(plan, q, k, v, bias, mask, query_seq_lengths, kv_len, segments)
   out = out.transpose(1, 0, 4, 2, 3, 5).reshape(B, Tp, K * G, H)
   return out[:, :T]
+
+
+def visited_blocks(query, key, value, bias=None, mask=None, *, query_chunk_size,
+                   key_chunk_size, **call):
+  """The number of (query block, key block) pairs the forward pass computes for this call
+  of `chunked` (batched [B, T, N, H] form): what causality, the window, the padding
+  lengths and `segment_ids` leave after skipping. For tests and benchmarks."""
+  call.setdefault("scale", None)
+  call.setdefault("is_causal", False)
+  for name in ("query_seq_lengths", "key_value_seq_lengths", "local_window_size"):
+    call.setdefault(name, None)
+  dims = validation.check_inputs(NAME, query, key, value, bias, mask)
+  if call.get("segment_ids") is not None:
+    call["segment_ids"] = validation.check_segment_ids(NAME, call["segment_ids"], dims.B,
+                                                       dims.T, dims.S)
+  return int(blocked_attention(NAME, query, key, value, bias, mask, **call,
+                               query_chunk_size=query_chunk_size,
+                               key_chunk_size=key_chunk_size, count_blocks=True))
+
+
+def _pad_edge(x, size):
+  """Ids [B, n] padded to [B, size] with their last id: padding widens no block's range."""
+  return jnp.pad(x, ((0, 0), (0, size - x.shape[1])), mode="edge")
+
+
+def _visits(q_ids, kv_ids):
+  """bool [nq, nk]: may some query of block qb share a segment with some key of block kb
+  (in any sequence of the batch)? From each block's id range: blocks whose ranges do not
+  overlap share no id. Exact for packed rows (ids that never decrease along a row), a
+  superset (never a wrong skip) for any other numbering. q_ids [nq, B, bq], kv_ids
+  [nk, B, bk]."""
+  q_lo, q_hi = q_ids.min(-1)[:, None], q_ids.max(-1)[:, None]      # [nq, 1, B]
+  k_lo, k_hi = kv_ids.min(-1)[None], kv_ids.max(-1)[None]          # [1, nk, B]
+  return ((q_lo <= k_hi) & (k_lo <= q_hi)).any(-1)
 
 
 def _pad_axis(x, axis, size):
@@ -135,7 +178,8 @@ class _Plan:
       i_hi = jnp.minimum(i_hi, j_last + self.window[0] + 1)
     return _block_range(i_lo, i_hi, self.bq, empty=j_first > j_last)
 
-  def block_logits(self, q_blk, k_blk, bias, mask, qb, kb, q_len, kv_len, masked=True):
+  def block_logits(self, q_blk, k_blk, bias, mask, qb, kb, q_len, kv_len, masked=True,
+                   segments=None):
     """Scaled (and biased) float32 logits of one block and, if `masked`, its allowed pairs
     (None when the block needs no mask)."""
     s = jnp.einsum("bkgqh,bksh->bkgqs", q_blk, k_blk,
@@ -146,14 +190,23 @@ class _Plan:
       return s, None
     ok = masking.allowed(qb * self.bq + jnp.arange(self.bq), kb * self.bk + jnp.arange(self.bk),
                          mask=self._block(mask, qb, kb), is_causal=self.is_causal,
-                         window=self.window, q_len=q_len, kv_len=kv_len)
+                         window=self.window, q_len=q_len, kv_len=kv_len,
+                         segments=None if segments is None else
+                         (segments[0][qb], segments[1][kb]))
     return s, ok
 
-  def per_block(self, body, mask, q_len, kv_len):
+  def per_block(self, body, mask, q_len, kv_len, segments=None):
     """body(masked, block, carry) -> carry, run with the mask built only on the blocks
     that straddle the diagonal, the window's edge or the padding: a block that every
     rule allows whole (most blocks, once sequences are long) skips building and applying
-    it. A dense mask argument can forbid any pair, so it is applied on every block."""
+    it. A dense mask argument can forbid any pair, so it is applied on every block.
+    With segments, a block whose queries share no segment with its keys is skipped whole
+    (the carry passes unchanged) and every other block is masked."""
+    if segments is not None:
+      visits = segments[2]
+      return lambda qb, kb, carry: jax.lax.cond(
+          visits[qb, kb], functools.partial(body, True), lambda qb, kb, carry: carry,
+          qb, kb, carry)
     if mask is not None:
       return functools.partial(body, True)
     if not (self.is_causal or self.window is not None or q_len is not None
@@ -196,28 +249,33 @@ def _block_range(lo, hi, size, empty):
   return lo, jnp.where(empty, lo, jnp.maximum(hi, lo))
 
 
-def _forward(plan, q, k, v, bias, mask, q_len, kv_len):
+def _forward(plan, q, k, v, bias, mask, q_len, kv_len, segments):
+  """(out, lse, the number of blocks folded: a count for tests, free to compute)."""
   q_max, kv_max = plan.limits(q_len, kv_len)
 
-  def query_block(_, xs):
+  def query_block(folded, xs):
     qb, q_blk = xs
 
     def update(masked, qb, kb, carry):
-      s, ok = plan.block_logits(q_blk, k[kb], bias, mask, qb, kb, q_len, kv_len, masked)
-      return online_softmax.fold(carry, s if ok is None else jnp.where(ok, s, -jnp.inf), v[kb])
+      softmax_carry, folded = carry
+      s, ok = plan.block_logits(q_blk, k[kb], bias, mask, qb, kb, q_len, kv_len, masked,
+                                segments)
+      return (online_softmax.fold(softmax_carry, s if ok is None else
+                                  jnp.where(ok, s, -jnp.inf), v[kb]), folded + 1)
 
-    step = plan.per_block(update, mask, q_len, kv_len)
-    carry = jax.lax.fori_loop(*plan.key_blocks(qb, q_max, kv_max),
-                              lambda kb, carry: step(qb, kb, carry), online_softmax.init(q_blk))
+    step = plan.per_block(update, mask, q_len, kv_len, segments)
+    carry, folded = jax.lax.fori_loop(*plan.key_blocks(qb, q_max, kv_max),
+                                      lambda kb, carry: step(qb, kb, carry),
+                                      (online_softmax.init(q_blk), folded))
     out, lse = online_softmax.finish(carry)
-    return None, (out.astype(q.dtype), lse)
+    return folded, (out.astype(q.dtype), lse)
 
-  _, (out, lse) = jax.lax.scan(query_block, None, (jnp.arange(plan.nq), q))
-  return out, lse
+  folded, (out, lse) = jax.lax.scan(query_block, jnp.int32(0), (jnp.arange(plan.nq), q))
+  return out, lse, folded
 
 
 def _backward(plan, residuals, dout):
-  q, k, v, bias, mask, q_len, kv_len, out, lse = residuals
+  q, k, v, bias, mask, q_len, kv_len, segments, out, lse = residuals
   q_max, kv_max = plan.limits(q_len, kv_len)
   delta = jnp.sum(dout.astype(jnp.float32) * out.astype(jnp.float32), axis=-1)
 
@@ -226,7 +284,8 @@ def _backward(plan, residuals, dout):
 
     def update(masked, qb, kb, carry):
       dk, dv, dq, dbias = carry
-      s, ok = plan.block_logits(q[qb], k_blk, bias, mask, qb, kb, q_len, kv_len, masked)
+      s, ok = plan.block_logits(q[qb], k_blk, bias, mask, qb, kb, q_len, kv_len, masked,
+                                segments)
       p = jnp.exp(s - lse[qb][..., None])
       if ok is not None:
         p = jnp.where(ok, p, 0.0)
@@ -238,7 +297,7 @@ def _backward(plan, residuals, dout):
 
     dq, dbias = carry
     zeros = jnp.zeros(k_blk.shape, jnp.float32)
-    step = plan.per_block(update, mask, q_len, kv_len)
+    step = plan.per_block(update, mask, q_len, kv_len, segments)
     dk, dv, dq, dbias = jax.lax.fori_loop(*plan.query_blocks(kb, q_max, kv_max),
                                           lambda qb, carry: step(qb, kb, carry),
                                           (zeros, zeros, dq, dbias))
@@ -248,8 +307,9 @@ def _backward(plan, residuals, dout):
           None if bias is None else jnp.zeros(bias.shape, jnp.float32))
   (dq, dbias), (dk, dv) = jax.lax.scan(key_block, init, (jnp.arange(plan.nk), k, v))
   dbias = None if bias is None else dbias.astype(bias.dtype)
+  no_segments = None if segments is None else (None,) * len(segments)
   return ((dq * plan.scale).astype(q.dtype), dk.astype(k.dtype), dv.astype(v.dtype), dbias,
-          None, None, None)
+          None, None, None, no_segments)
 
 
 def _add_bias_block(plan, dbias, ds, qb, kb):
@@ -263,13 +323,13 @@ def _add_bias_block(plan, dbias, ds, qb, kb):
 
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(0,))
-def _attention(plan, q, k, v, bias, mask, q_len, kv_len):
-  return _forward(plan, q, k, v, bias, mask, q_len, kv_len)[0]
+def _attention(plan, q, k, v, bias, mask, q_len, kv_len, segments):
+  return _forward(plan, q, k, v, bias, mask, q_len, kv_len, segments)[0]
 
 
-def _attention_fwd(plan, q, k, v, bias, mask, q_len, kv_len):
-  out, lse = _forward(plan, q, k, v, bias, mask, q_len, kv_len)
-  return out, (q, k, v, bias, mask, q_len, kv_len, out, lse)
+def _attention_fwd(plan, q, k, v, bias, mask, q_len, kv_len, segments):
+  out, lse, _ = _forward(plan, q, k, v, bias, mask, q_len, kv_len, segments)
+  return out, (q, k, v, bias, mask, q_len, kv_len, segments, out, lse)
 
 
 _attention.defvjp(_attention_fwd, _backward)

@@ -28,13 +28,14 @@ def merge_heads(x, n: int):
 
 
 def allowed(q_pos, k_pos, *, mask=None, is_causal=False, window=None, q_len=None,
-            kv_len=None):
+            kv_len=None, segments=None):
   """Boolean [B|1, K|1, G|1, tq, tk]: may query q_pos[i] attend key k_pos[j]?
 
   Follows `jax.nn.dot_product_attention`: causal means j <= i (top-left aligned),
   a window (left, right) means i - left <= j <= i + right, and positions at or past
-  `q_len` / `kv_len` (int [B], or a scalar) are padding. Returns None when every
-  pair is allowed, so callers skip the select entirely.
+  `q_len` / `kv_len` (int [B], or a scalar) are padding. `segments`: (query ids [B, tq],
+  key ids [B, tk]) of these positions; a query attends only keys of its own segment.
+  Returns None when every pair is allowed, so callers skip the select entirely.
   """
   qp, kp = q_pos[:, None], k_pos[None, :]
   conditions = []
@@ -51,6 +52,9 @@ def allowed(q_pos, k_pos, *, mask=None, is_causal=False, window=None, q_len=None
     conditions.append(qp < jnp.reshape(q_len, (-1, 1, 1, 1, 1)))
   if kv_len is not None:
     conditions.append(kp < jnp.reshape(kv_len, (-1, 1, 1, 1, 1)))
+  if segments is not None:
+    q_ids, k_ids = segments
+    conditions.append(q_ids[:, None, None, :, None] == k_ids[:, None, None, None, :])
   if not conditions:
     return None
   return functools.reduce(jnp.logical_and, conditions)

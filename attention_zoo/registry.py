@@ -1,6 +1,7 @@
 """Name -> attention variant and what it can do.
 
-Adding a variant: one module and one entry in VARIANTS. Everything the rest of the code
+Adding a variant: one module and one entry in VARIANTS, or, from another package,
+`register(name, Variant(...))` (docs/add_a_variant.md). Everything the rest of the code
 needs to know about a variant (its decoder, its per-token inputs and the layer-side
 projections that make them, whether it is causal only, which call arguments it refuses,
 whether it splits sequences over a mesh axis) is on its entry, so nothing else keeps a
@@ -42,6 +43,8 @@ class Variant:
   mesh_axis_option: str | None = None           # its option naming the mesh axis it splits
   normalize_qk: bool = False                    # the layer L2-normalises q and k (delta rule)
   output_norm: bool = False                     # the layer RMS-normalises each head's output
+  equals: str | None = None                     # a registered variant it computes exactly
+                                                # (at its default options): its oracle
 
   @property
   def decodes(self) -> bool:
@@ -53,7 +56,7 @@ class Variant:
 
 
 # What a causal-only recurrence refuses (besides is_causal=False).
-_RECURRENCE_REFUSES = ("bias", "mask", "local_window_size")
+_RECURRENCE_REFUSES = ("bias", "mask", "local_window_size", "segment_ids")
 # Gated DeltaNet's and Mamba-2's per-head decay; the delta rule's writing strength.
 _LOG_GATE = Input(per_head_dim=False, projection="softplus_decay", bounds=(-float("inf"), 0.0))
 _BETA = Input(per_head_dim=False, projection="sigmoid", bounds=(0.0, 1.0))
@@ -75,7 +78,7 @@ VARIANTS: dict[str, Variant] = {
     linear.NAME: Variant(linear.linear_attention, linear.check_options,
                          decoder=decoding.recurrent(linear), refuses=_RECURRENCE_REFUSES),
     ring.NAME: Variant(ring.ring_attention, ring.check_options,
-                       decoder=decoding.SOFTMAX_KV_CACHE, refuses=("bias", "mask"),
+                       decoder=decoding.SOFTMAX_KV_CACHE, refuses=("bias", "mask", "segment_ids"),
                        mesh_axis_option="axis_name"),
     # The gated and delta-rule recurrences: causal only, an output norm per head in the
     # layer (as their papers), gates and beta made by the layer from its input.
@@ -90,9 +93,31 @@ VARIANTS: dict[str, Variant] = {
 # Keyword arguments of jax.nn.dot_product_attention that any variant may take.
 CALL_ARGUMENTS = ("scale", "is_causal", "query_seq_lengths", "key_value_seq_lengths",
                   "local_window_size")
+# Call arguments beyond JAX's: a variant takes them (a parameter of its function) or, through
+# validation.call_forms, refuses them; its entry's `refuses` says which.
+EXTRA_CALL_ARGUMENTS = ("segment_ids",)
 # Arguments that decide shapes or control flow, so they are compile-time constants.
 STATIC_ARGUMENTS = ("scale", "is_causal", "local_window_size")
 _UNSET = object()
+
+
+def register(name: str, variant: Variant) -> None:
+  """Adds `variant` under `name`, so that `get`, the models, the configs and the shared
+  tests (contract, properties, decoding, training) take it by name. Raises if the name is
+  taken or if its function lacks an argument of `jax.nn.dot_product_attention`."""
+  if not isinstance(variant, Variant):
+    raise TypeError(f"register({name!r}, ...): expected a registry.Variant, got {variant!r}")
+  if name in VARIANTS:
+    raise ValueError(f"attention variant {name!r} is already registered")
+  params = inspect.signature(variant.fn).parameters
+  missing = [a for a in ("query", "key", "value", "bias", "mask", *CALL_ARGUMENTS)
+             if a not in params]
+  if missing:
+    raise ValueError(f"register({name!r}, ...): {variant.fn.__name__} lacks argument(s) "
+                     f"{missing} of jax.nn.dot_product_attention's signature")
+  if variant.equals is not None:
+    _lookup(variant.equals)
+  VARIANTS[name] = variant
 
 
 def names(**capabilities) -> list[str]:
@@ -112,7 +137,8 @@ def options(name: str) -> dict[str, object]:
   variant = _lookup(name)
   params = inspect.signature(variant.fn).parameters.values()
   return {p.name: p.default for p in params if p.kind is p.KEYWORD_ONLY
-          and p.name not in CALL_ARGUMENTS and p.name not in variant.inputs}
+          and p.name not in CALL_ARGUMENTS + EXTRA_CALL_ARGUMENTS
+          and p.name not in variant.inputs}
 
 
 def frozen(options: dict) -> tuple:
@@ -168,8 +194,9 @@ class Attention:
 
   def __call__(self, query, key, value, bias=None, mask=None, *, scale=_UNSET,
                is_causal=_UNSET, query_seq_lengths=None, key_value_seq_lengths=None,
-               local_window_size=_UNSET, **inputs):
-    """`inputs`: the variant's per-token arrays (e.g. `log_gate`), see `entry(name).inputs`."""
+               local_window_size=_UNSET, segment_ids=None, **inputs):
+    """`inputs`: the variant's per-token arrays (e.g. `log_gate`), see `entry(name).inputs`;
+    `segment_ids`: int [B, T] or a (query, key) pair, for the variants that take it."""
     unknown = sorted(set(inputs) - set(self.inputs))
     if unknown:
       raise ValueError(f"{self.name}: unexpected argument(s) {unknown}; its per-token inputs "
@@ -182,7 +209,9 @@ class Attention:
     if "is_causal" in static:
       static["is_causal"] = bool(static["is_causal"])
     return self.jitted(query, key, value, bias, mask, query_seq_lengths=query_seq_lengths,
-                       key_value_seq_lengths=key_value_seq_lengths, **static, **inputs)
+                       key_value_seq_lengths=key_value_seq_lengths,
+                       **({} if segment_ids is None else {"segment_ids": segment_ids}),
+                       **static, **inputs)
 
   def __repr__(self) -> str:
     bound = ", ".join(f"{k}={v!r}" for k, v in self.bound.items())

@@ -26,8 +26,10 @@ def from_blocks_layout(out):
 @validation.call_forms(NAME)
 def softmax_attention(query, key, value, bias=None, mask=None, *, scale=None, is_causal=False,
                       query_seq_lengths=None, key_value_seq_lengths=None,
-                      local_window_size=None):
-  """Softmax attention with the semantics of `jax.nn.dot_product_attention`.
+                      local_window_size=None, segment_ids=None):
+  """Softmax attention with the semantics of `jax.nn.dot_product_attention`, and
+  `segment_ids` (int [B, T], or a (query [B, T], key [B, S]) pair): a query attends only
+  keys of its own segment (packed sequences).
 
   Time and memory O(T·S). Logits, softmax and the value sum are float32; the output
   has the query's dtype. A query row that can attend no key (masked out, padding)
@@ -47,7 +49,8 @@ def softmax_attention(query, key, value, bias=None, mask=None, *, scale=None, is
     logits = logits + masking.split_heads(bias, dims.K).astype(jnp.float32)
   ok = masking.allowed(jnp.arange(dims.T), jnp.arange(dims.S),
                        mask=masking.split_heads(mask, dims.K), is_causal=is_causal,
-                       window=window, q_len=query_seq_lengths, kv_len=key_value_seq_lengths)
+                       window=window, q_len=query_seq_lengths, kv_len=key_value_seq_lengths,
+                       segments=segment_ids)
   probs, empty = masked_softmax(logits, ok)
   out = jnp.einsum("bkgts,bksh->bkgth", probs.astype(v.dtype), v,
                    preferred_element_type=jnp.float32)

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import inspect
 import math
 import numbers
 
@@ -154,6 +155,25 @@ def check_inputs(variant: str, query, key, value, bias=None, mask=None, *,
   return Dims(B=B, T=T, S=S, N=N, K=K, H=H)
 
 
+def check_segment_ids(variant: str, segment_ids, B: int, T: int, S: int):
+  """`segment_ids` as (query ids [B, T], key ids [B, S]), int32: one int array [B, T]
+  (T == S: queries and keys share it) or a (query, key) pair. A query attends only keys of
+  its own segment (any int is an id; packed rows number their examples)."""
+  if segment_ids is None:
+    return None
+  pair = segment_ids if isinstance(segment_ids, (tuple, list)) else (segment_ids, segment_ids)
+  if len(pair) != 2:
+    raise ValueError(f"{variant}: segment_ids must be an int array [B, T] or a pair "
+                     f"(query ids [B, T], key ids [B, S]), got a sequence of {len(pair)}")
+  for name, x, n in (("query segment_ids", pair[0], T), ("key segment_ids", pair[1], S)):
+    dtype = getattr(x, "dtype", None)
+    if _shape(x) != (B, n) or dtype is None or not jnp.issubdtype(dtype, jnp.integer):
+      raise ValueError(f"{variant}: {name} must be an int array of shape {(B, n)} for query "
+                       f"[B, T] = {(B, T)} and key length S = {S}, got "
+                       f"{getattr(x, 'dtype', type(x).__name__)} {_shape(x)}")
+  return tuple(jnp.asarray(x, jnp.int32) for x in pair)
+
+
 def _leading_ones(x, rank: int):
   """x with unit axes prepended up to `rank` (as `jax.nn.dot_product_attention` does)."""
   if x is None or np.ndim(x) >= rank:
@@ -172,18 +192,32 @@ def call_forms(variant: str):
   - `*_seq_lengths` are clipped to [0, axis length]: a length past the end means the
     whole axis (as in JAX), zero or negative means no position (those rows give zeros).
   - `local_window_size` becomes `(left, right)`, clipped to (T - 1, S - 1).
+  - `segment_ids` becomes a (query ids [B, T], key ids [B, S]) pair (`check_segment_ids`);
+    a variant whose function has no `segment_ids` parameter refuses it.
   """
   def decorate(fn):
+    takes_segments = "segment_ids" in inspect.signature(fn).parameters
+
     @functools.wraps(fn)
     def wrapper(query, key, value, bias=None, mask=None, *, query_seq_lengths=None,
-                key_value_seq_lengths=None, local_window_size=None, **kwargs):
+                key_value_seq_lengths=None, local_window_size=None, segment_ids=None,
+                **kwargs):
       out_rank = np.ndim(query)
       query, key, value = (_leading_ones(x, 4) if np.ndim(x) == 3 else x
                            for x in (query, key, value))
       bias, mask = _leading_ones(bias, 4), _leading_ones(mask, 4)
+      if out_rank == 3 and segment_ids is not None:  # [T] ids of an unbatched call
+        segment_ids = (tuple(_leading_ones(x, 2) for x in segment_ids)
+                       if isinstance(segment_ids, (tuple, list)) else
+                       _leading_ones(segment_ids, 2))
       dims = check_inputs(variant, query, key, value, bias, mask,
                           query_seq_lengths=query_seq_lengths,
                           key_value_seq_lengths=key_value_seq_lengths)
+      segments = check_segment_ids(variant, segment_ids, dims.B, dims.T, dims.S)
+      if takes_segments:
+        kwargs["segment_ids"] = segments
+      else:
+        unsupported(variant, segment_ids=segments)
       window = clip_window(normalize_window(variant, local_window_size), dims.T, dims.S)
       out = fn(query, key, value, bias, mask,
                query_seq_lengths=clip_lengths(query_seq_lengths, dims.T),

@@ -8,7 +8,8 @@ rank-3 form, NaN inputs. A variant is drawn only over the arguments its registry
 accepts. The default profile keeps the run near a minute on two cores; the `fuzz`-marked
 tests repeat the main properties with more examples (part of the full suite).
 
-A new variant joins through an entry in ORACLES; a registered name without one fails.
+A new variant joins through an entry in ORACLES, or by its registry entry's `equals` (the
+variant it computes exactly); a registered name with neither fails.
 """
 
 from __future__ import annotations
@@ -67,6 +68,12 @@ class Oracle:
 def _softmax_reference(case, options):
   del options
   call = dict(case.call)
+  mask = case.mask
+  segment_ids = call.pop("segment_ids", None)
+  if segment_ids is not None:  # JAX's attention has no segment ids: the same pairs as a mask
+    mask = segment_mask(segment_ids, case.B, case.T, case.S)
+    if case.mask is not None:
+      mask = mask & np.asarray(case.mask).reshape((1,) * (4 - case.mask.ndim) + case.mask.shape)
   if call.get("local_window_size") is not None:  # JAX's own mask overflows int32 beyond
     left, right = call["local_window_size"]
     call["local_window_size"] = (min(left, case.T - 1), min(right, case.S - 1))
@@ -74,7 +81,7 @@ def _softmax_reference(case, options):
     if call.get(arg) is not None:  # JAX takes int32 only
       call[arg] = jnp.asarray(call[arg], jnp.int32)
   q, k, v = (x.astype(jnp.float32) for x in (case.q, case.k, case.v))
-  return oracle.reference(q, k, v, case.bias, case.mask, **call)
+  return oracle.reference(q, k, v, case.bias, mask, **call)
 
 
 def _linear_reference(case, options):
@@ -124,8 +131,12 @@ ORACLES.update({m.NAME: dataclasses.replace(ORACLES[m.NAME], keys_are_written=Tr
 
 
 def _oracle(name) -> Oracle:
+  equals = registry.entry(name).equals
+  if name not in ORACLES and equals is not None:  # its default options, the equal's oracle
+    return dataclasses.replace(ORACLES[equals], options={})
   assert name in ORACLES, (f"add an oracle for {name} to ORACLES in tests/test_properties.py "
-                           f"(how to call it and what it must equal)")
+                           f"(how to call it and what it must equal), or give its registry "
+                           f"entry `equals`")
   return ORACLES[name]
 
 
@@ -151,6 +162,9 @@ class Case:
     mask = None if self.mask is None else np.broadcast_to(
         np.asarray(self.mask).reshape((1,) * (4 - self.mask.ndim) + self.mask.shape),
         (self.B, self.N, self.T, self.S))
+    if self.call.get("segment_ids") is not None:
+      segments = segment_mask(self.call["segment_ids"], self.B, self.T, self.S)
+      mask = segments if mask is None else mask & segments
     window = self.call.get("local_window_size")
     if window is not None:
       window = tuple(min(w, HUGE) for w in window)
@@ -176,7 +190,12 @@ class Case:
     return fn(q, k, v, bias, self.mask, **self.call, **self.inputs)
 
   def _call1(self):
-    return {a: (x if not a.endswith("lengths") else x[:1]) for a, x in self.call.items()}
+    """The call of the unbatched form: lengths [1], segment ids [T] (or a [T], [S] pair)."""
+    call = {a: (x if not a.endswith("lengths") else x[:1]) for a, x in self.call.items()}
+    if call.get("segment_ids") is not None:
+      ids = call["segment_ids"]
+      call["segment_ids"] = tuple(x[0] for x in ids) if isinstance(ids, tuple) else ids[0]
+    return call
 
   def _inputs1(self):
     return {a: x[0] for a, x in self.inputs.items()}
@@ -214,6 +233,8 @@ def cases(draw, name, dtypes=(jnp.float32, jnp.bfloat16), nan=False):
     if draw(st.booleans()):
       call[arg] = jnp.asarray(draw(st.lists(st.integers(-2, n + 3), min_size=B, max_size=B)),
                               jnp.int32)
+  if "segment_ids" not in refuses and draw(st.booleans()):
+    call["segment_ids"] = _segment_ids(draw, rng, B, T, S)
   mask = bias = None
   if "mask" not in refuses:
     form = draw(st.sampled_from([None, (B, N, T, S), (B, 1, 1, S), (1, N, T, S), (T, S)]))
@@ -225,6 +246,22 @@ def cases(draw, name, dtypes=(jnp.float32, jnp.bfloat16), nan=False):
   options = {option: draw(st.sampled_from(values)) for option, values in spec.options.items()}
   inputs = oracle.per_token_inputs(name, q.shape, rng)
   return options, Case(q, k, v, bias, mask, call, inputs, unbatched)
+
+
+def _segment_ids(draw, rng, B, T, S):
+  """Packed rows (ids that never decrease, one array when T == S) or arbitrary ids per
+  position (a query and a key pair), from 1 to 3 segments."""
+  n = draw(st.integers(1, 3))
+  if T == S and draw(st.booleans()):
+    return jnp.asarray(np.sort(rng.integers(0, n, size=(B, T)), axis=1), jnp.int32)
+  return tuple(jnp.asarray(rng.integers(0, n, size=(B, m)), jnp.int32) for m in (T, S))
+
+
+def segment_mask(segment_ids, B, T, S):
+  """bool [B, 1, T, S]: the pairs `segment_ids` allows (query and key share an id)."""
+  q_ids, k_ids = (segment_ids if isinstance(segment_ids, tuple) else (segment_ids,) * 2)
+  q_ids, k_ids = np.broadcast_to(q_ids, (B, T)), np.broadcast_to(k_ids, (B, S))
+  return (q_ids[:, :, None] == k_ids[:, None, :])[:, None]
 
 
 def _arrays(name, rng, shape, dtype):
@@ -251,7 +288,7 @@ def _fixed_case(name, dtype=jnp.float32, seed=0, **call):
 
 
 def test_every_variant_has_an_oracle():
-  missing = [n for n in NAMES if n not in ORACLES]
+  missing = [n for n in NAMES if n not in ORACLES and registry.entry(n).equals is None]
   assert not missing, f"add an oracle for {missing} to ORACLES in tests/test_properties.py"
 
 
@@ -486,7 +523,9 @@ def test_refused_arguments_raise_in_every_form(name):
   B, T, S, N = case.B, case.T, case.S, case.N
   forms = dict(mask=[jnp.ones(f, bool) for f in ((B, N, T, S), (B, 1, 1, S), (T, S))],
                bias=[jnp.zeros(f) for f in ((1, N, T, S), (B, 1, 1, S), (S,))],
-               local_window_size=[0, (1, 2), (HUGE, HUGE)])
+               local_window_size=[0, (1, 2), (HUGE, HUGE)],
+               segment_ids=[jnp.zeros((B, T), jnp.int32)] * (T == S) +
+               [(jnp.zeros((B, T), jnp.int32), jnp.ones((B, S), jnp.int32))])
   attend = attention_zoo.get(name, **options)
   with _mesh_for(name):
     for argument in entry.refuses:

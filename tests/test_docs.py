@@ -1,0 +1,47 @@
+"""The how-to pages in docs/ work as written: their files and commands, run as a user would."""
+
+import importlib
+import os
+import re
+import subprocess
+import sys
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def _files(page: str) -> dict[str, str]:
+  """The page's code blocks that start with a `# path` line: {path: text}."""
+  text = open(os.path.join(REPO, "docs", page)).read()
+  blocks = re.findall(r"```python\n# (\S+\.py)\n(.*?)```", text, flags=re.S)
+  return {path: body for path, body in blocks}
+
+
+def test_add_a_variant_page(tmp_path):
+  """A toy variant from a package outside the checkout joins the contract and property
+  suites by registration, as docs/add_a_variant.md says (step 3's command)."""
+  files = _files("add_a_variant.md")
+  assert "my_attention/scaled.py" in files
+  for path, body in files.items():
+    (tmp_path / path).parent.mkdir(parents=True, exist_ok=True)
+    (tmp_path / path).write_text(body)
+  env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(tmp_path), REPO]),
+             ATTENTION_ZOO_PLUGINS="my_attention.scaled")
+  result = subprocess.run(
+      [sys.executable, "-m", "pytest", "tests/test_contract.py", "tests/test_properties.py",
+       "-q", "-k", "scaled_softmax", "-p", "no:cacheprovider", "-m", "not fuzz"],
+      cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
+  assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-2000:]
+  passed = int(re.search(r"(\d+) passed", result.stdout).group(1))
+  assert passed >= 20 and "failed" not in result.stdout, result.stdout[-2000:]
+
+
+def test_api_reference_has_a_page_per_public_module(tmp_path):
+  """docs/api.py renders every public module of the library with its docstrings."""
+  result = subprocess.run([sys.executable, "docs/api.py", str(tmp_path)], cwd=REPO,
+                          capture_output=True, text=True, timeout=300)
+  assert result.returncode == 0, result.stderr[-2000:]
+  for name in ("registry", "chunked", "linear", "gla", "layer", "decoding", "validation"):
+    page = (tmp_path / "attention_zoo" / f"{name}.html").read_text()
+    first_words = importlib.import_module(f"attention_zoo.{name}").__doc__.split()[:2]
+    assert " ".join(first_words) in page, name
+  assert "chunked_attention" in (tmp_path / "attention_zoo" / "chunked.html").read_text()
