@@ -115,6 +115,11 @@ def register(name: str, variant: Variant) -> None:
   if missing:
     raise ValueError(f"register({name!r}, ...): {variant.fn.__name__} lacks argument(s) "
                      f"{missing} of jax.nn.dot_product_attention's signature")
+  for argument in EXTRA_CALL_ARGUMENTS:  # taken (a parameter) or refused, and said so
+    if (argument in params) == (argument in variant.refuses):
+      raise ValueError(f"register({name!r}, ...): {variant.fn.__name__} "
+                       f"{'takes' if argument in params else 'lacks'} {argument} but the "
+                       f"entry's refuses={variant.refuses!r} says otherwise")
   if variant.equals is not None:
     _lookup(variant.equals)
   VARIANTS[name] = variant

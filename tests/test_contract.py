@@ -1,5 +1,7 @@
 """The contract every registered variant keeps (parameterized over attention_zoo.names())."""
 
+import inspect
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -171,6 +173,14 @@ def test_refused_arguments_raise_naming_them(name):
     argument = next(iter(kwargs))
     with pytest.raises(NotImplementedError, match=f"^{name}.*{argument}"):
       _call(name, _get(name), q, k, v, **kwargs)
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_entries_refuse_exactly_the_extra_arguments_their_function_lacks(name):
+  entry = registry.entry(name)
+  params = inspect.signature(entry.fn).parameters
+  for argument in registry.EXTRA_CALL_ARGUMENTS:
+    assert (argument in params) != (argument in entry.refuses), (name, argument)
 
 
 @pytest.mark.parametrize("name", NAMES)
