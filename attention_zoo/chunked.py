@@ -33,14 +33,16 @@ DEFAULT_KEY_CHUNK_SIZE = 256
 @validation.call_forms(NAME)
 def chunked_attention(query, key, value, bias=None, mask=None, *, scale=None, is_causal=False,
                       query_seq_lengths=None, key_value_seq_lengths=None,
-                      local_window_size=None, segment_ids=None,
-                      query_chunk_size=DEFAULT_QUERY_CHUNK_SIZE,
+                      local_window_size=None, segment_ids=None, logit_soft_cap=None,
+                      sinks=None, query_chunk_size=DEFAULT_QUERY_CHUNK_SIZE,
                       key_chunk_size=DEFAULT_KEY_CHUNK_SIZE):
   """Equal to `softmax` (to float32 rounding) on every argument, in O(T + S) memory.
 
   Blocks that causality or the window rule out entirely are skipped, not computed
   and masked; so are blocks in which no query shares a segment with any key (`segment_ids`:
-  decided once per call from each block's smallest and largest id, see `_visits`). Lengths need not be multiples of the chunk sizes, and chunk sizes above
+  decided once per call from each block's smallest and largest id, see `_visits`).
+  `logit_soft_cap` and `sinks` as in `softmax` (the sinks join each row's normaliser once,
+  after its last key block). Lengths need not be multiples of the chunk sizes, and chunk sizes above
   them are clipped to them. A query row that can attend no key returns zeros; NaN reaches
   the rows it does in `softmax`. Supports reverse-mode differentiation (not forward mode).
   """
@@ -49,6 +51,7 @@ def chunked_attention(query, key, value, bias=None, mask=None, *, scale=None, is
                            is_causal=is_causal, query_seq_lengths=query_seq_lengths,
                            key_value_seq_lengths=key_value_seq_lengths,
                            local_window_size=local_window_size, segment_ids=segment_ids,
+                           logit_soft_cap=logit_soft_cap, sinks=sinks,
                            query_chunk_size=query_chunk_size, key_chunk_size=key_chunk_size)
 
 
@@ -60,7 +63,8 @@ def check_options(query_chunk_size=DEFAULT_QUERY_CHUNK_SIZE,
 
 def blocked_attention(variant, query, key, value, bias, mask, *, scale, is_causal,
                       query_seq_lengths, key_value_seq_lengths, local_window_size,
-                      query_chunk_size, key_chunk_size, segment_ids=None, count_blocks=False):
+                      query_chunk_size, key_chunk_size, segment_ids=None, logit_soft_cap=None,
+                      sinks=None, count_blocks=False):
   """Checks the arguments, pads to whole blocks and runs the block kernel."""
   dims = validation.check_inputs(variant, query, key, value, bias, mask,
                                  query_seq_lengths=query_seq_lengths,
@@ -70,7 +74,7 @@ def blocked_attention(variant, query, key, value, bias, mask, *, scale, is_causa
   B, T, S, K, G, H = dims.B, dims.T, dims.S, dims.K, dims.G, dims.H
   plan = _Plan(T=T, S=S, bq=min(query_chunk_size, T), bk=min(key_chunk_size, S),
                scale=validation.default_scale(variant, scale, H), is_causal=bool(is_causal),
-               window=window)
+               window=window, cap=validation.check_soft_cap(variant, logit_soft_cap))
   Tp, Sp = plan.nq * plan.bq, plan.nk * plan.bk
 
   q = _pad_axis(query, 1, Tp).reshape(B, plan.nq, plan.bq, K, G, H).transpose(1, 0, 3, 4, 2, 5)
@@ -86,9 +90,10 @@ def blocked_attention(variant, query, key, value, bias, mask, *, scale, is_causa
     segments = (_pad_edge(segment_ids[0], Tp).reshape(B, plan.nq, plan.bq).transpose(1, 0, 2),
                 _pad_edge(segment_ids[1], Sp).reshape(B, plan.nk, plan.bk).transpose(1, 0, 2))
     segments = (*segments, _visits(*segments))
+  sinks = None if sinks is None else sinks.astype(jnp.float32).reshape(1, K, G, 1)
   if count_blocks:  # the debug entry point: how many blocks the forward pass folds
-    return _forward(plan, q, k, v, bias, mask, query_seq_lengths, kv_len, segments)[2]
-  out = _attention(plan, q, k, v, bias, mask, query_seq_lengths, kv_len, segments)
+    return _forward(plan, q, k, v, bias, mask, query_seq_lengths, kv_len, segments, sinks)[2]
+  out = _attention(plan, q, k, v, bias, mask, query_seq_lengths, kv_len, segments, sinks)
   out = out.transpose(1, 0, 4, 2, 3, 5).reshape(B, Tp, K * G, H)
   return out[:, :T]
 
@@ -145,6 +150,7 @@ class _Plan:
   scale: float
   is_causal: bool
   window: tuple[int, int] | None
+  cap: float | None = None  # logit_soft_cap
 
   @property
   def nq(self) -> int:
@@ -186,6 +192,8 @@ class _Plan:
                    preferred_element_type=jnp.float32) * self.scale
     if bias is not None:
       s = s + self._block(bias, qb, kb).astype(jnp.float32)
+    if self.cap is not None:
+      s = self.cap * jnp.tanh(s / self.cap)
     if not masked:
       return s, None
     ok = masking.allowed(qb * self.bq + jnp.arange(self.bq), kb * self.bk + jnp.arange(self.bk),
@@ -249,7 +257,7 @@ def _block_range(lo, hi, size, empty):
   return lo, jnp.where(empty, lo, jnp.maximum(hi, lo))
 
 
-def _forward(plan, q, k, v, bias, mask, q_len, kv_len, segments):
+def _forward(plan, q, k, v, bias, mask, q_len, kv_len, segments, sinks):
   """(out, lse, the number of blocks folded: a count for tests, free to compute)."""
   q_max, kv_max = plan.limits(q_len, kv_len)
 
@@ -267,7 +275,7 @@ def _forward(plan, q, k, v, bias, mask, q_len, kv_len, segments):
     carry, folded = jax.lax.fori_loop(*plan.key_blocks(qb, q_max, kv_max),
                                       lambda kb, carry: step(qb, kb, carry),
                                       (online_softmax.init(q_blk), folded))
-    out, lse = online_softmax.finish(carry)
+    out, lse = online_softmax.finish(carry, sinks)
     return folded, (out.astype(q.dtype), lse)
 
   folded, (out, lse) = jax.lax.scan(query_block, jnp.int32(0), (jnp.arange(plan.nq), q))
@@ -275,7 +283,7 @@ def _forward(plan, q, k, v, bias, mask, q_len, kv_len, segments):
 
 
 def _backward(plan, residuals, dout):
-  q, k, v, bias, mask, q_len, kv_len, segments, out, lse = residuals
+  q, k, v, bias, mask, q_len, kv_len, segments, sinks, out, lse = residuals
   q_max, kv_max = plan.limits(q_len, kv_len)
   delta = jnp.sum(dout.astype(jnp.float32) * out.astype(jnp.float32), axis=-1)
 
@@ -290,7 +298,7 @@ def _backward(plan, residuals, dout):
       if ok is not None:
         p = jnp.where(ok, p, 0.0)
       ds, dq_blk, dk_blk, dv_blk = online_softmax.block_gradients(
-          p, dout[qb], delta[qb], q[qb], k_blk, v_blk)
+          p, dout[qb], delta[qb], q[qb], k_blk, v_blk, s, plan.cap)
       if dbias is not None:
         dbias = _add_bias_block(plan, dbias, ds, qb, kb)
       return dk + dk_blk, dv + dv_blk, dq.at[qb].add(dq_blk), dbias
@@ -308,8 +316,11 @@ def _backward(plan, residuals, dout):
   (dq, dbias), (dk, dv) = jax.lax.scan(key_block, init, (jnp.arange(plan.nk), k, v))
   dbias = None if bias is None else dbias.astype(bias.dtype)
   no_segments = None if segments is None else (None,) * len(segments)
+  dsinks = None
+  if sinks is not None:  # d lse / d sink = its weight exp(sink - lse); lse = inf: no key
+    dsinks = -jnp.sum(jnp.exp(sinks[None] - lse) * delta, axis=(0, 1, 4))[None, ..., None]
   return ((dq * plan.scale).astype(q.dtype), dk.astype(k.dtype), dv.astype(v.dtype), dbias,
-          None, None, None, no_segments)
+          None, None, None, no_segments, dsinks)
 
 
 def _add_bias_block(plan, dbias, ds, qb, kb):
@@ -323,13 +334,13 @@ def _add_bias_block(plan, dbias, ds, qb, kb):
 
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(0,))
-def _attention(plan, q, k, v, bias, mask, q_len, kv_len, segments):
-  return _forward(plan, q, k, v, bias, mask, q_len, kv_len, segments)[0]
+def _attention(plan, q, k, v, bias, mask, q_len, kv_len, segments, sinks):
+  return _forward(plan, q, k, v, bias, mask, q_len, kv_len, segments, sinks)[0]
 
 
-def _attention_fwd(plan, q, k, v, bias, mask, q_len, kv_len, segments):
-  out, lse, _ = _forward(plan, q, k, v, bias, mask, q_len, kv_len, segments)
-  return out, (q, k, v, bias, mask, q_len, kv_len, segments, out, lse)
+def _attention_fwd(plan, q, k, v, bias, mask, q_len, kv_len, segments, sinks):
+  out, lse, _ = _forward(plan, q, k, v, bias, mask, q_len, kv_len, segments, sinks)
+  return out, (q, k, v, bias, mask, q_len, kv_len, segments, sinks, out, lse)
 
 
 _attention.defvjp(_attention_fwd, _backward)

@@ -29,23 +29,33 @@ def fold(carry, logits, v_blk):
   return new_max, row_sum * correction + p.sum(axis=-1), acc
 
 
-def finish(carry):
+def finish(carry, sinks=None):
   """(output float32, log-sum-exp): rows with no allowed key give zeros (even where a NaN
   value met their zero weights) and lse = +inf, so that exp(logits - lse) is 0 for them in
-  the backward pass. A NaN row sum (a NaN logit it may attend) stays NaN."""
+  the backward pass. A NaN row sum (a NaN logit it may attend) stays NaN. `sinks`
+  [1, K, G, 1]: a logit per head folded into every row's normaliser, with no value."""
   row_max, row_sum, acc = carry
   empty = row_sum == 0
+  if sinks is not None:
+    new_max = jnp.maximum(row_max, sinks)
+    correction = jnp.exp(row_max - new_max)
+    row_max, row_sum = new_max, row_sum * correction + jnp.exp(sinks - new_max)
+    acc = acc * correction[..., None]
   out = jnp.where(empty[..., None], 0.0, acc / jnp.where(empty, 1.0, row_sum)[..., None])
   return out, jnp.where(empty, jnp.inf, row_max + jnp.log(row_sum))
 
 
-def block_gradients(p, do, delta, q_blk, k_blk, v_blk):
+def block_gradients(p, do, delta, q_blk, k_blk, v_blk, capped=None, cap=None):
   """One block's (ds, dq, dk, dv) from its probabilities p = exp(logits - lse) and the
-  output gradient do; dq and dk are still to be multiplied by the logits' scale."""
+  output gradient do; dq and dk are still to be multiplied by the logits' scale. With a
+  soft cap, `capped` are the block's capped logits: ds is then the gradient of the logits
+  before the cap (tanh' = 1 - tanh²)."""
   dv = jnp.einsum("bkgqs,bkgqh->bksh", p.astype(do.dtype), do,
                   preferred_element_type=jnp.float32)
   dp = jnp.einsum("bkgqh,bksh->bkgqs", do, v_blk, preferred_element_type=jnp.float32)
   ds = p * (dp - delta[..., None])
+  if cap is not None:
+    ds = ds * (1.0 - jnp.square(capped / cap))
   dq = jnp.einsum("bkgqs,bksh->bkgqh", ds.astype(k_blk.dtype), k_blk,
                   preferred_element_type=jnp.float32)
   dk = jnp.einsum("bkgqs,bkgqh->bksh", ds.astype(q_blk.dtype), q_blk,

@@ -56,7 +56,8 @@ class Variant:
 
 
 # What a causal-only recurrence refuses (besides is_causal=False).
-_RECURRENCE_REFUSES = ("bias", "mask", "local_window_size", "segment_ids")
+_RECURRENCE_REFUSES = ("bias", "mask", "local_window_size", "segment_ids", "logit_soft_cap",
+                       "sinks")
 # Gated DeltaNet's and Mamba-2's per-head decay; the delta rule's writing strength.
 _LOG_GATE = Input(per_head_dim=False, projection="softplus_decay", bounds=(-float("inf"), 0.0))
 _BETA = Input(per_head_dim=False, projection="sigmoid", bounds=(0.0, 1.0))
@@ -78,7 +79,8 @@ VARIANTS: dict[str, Variant] = {
     linear.NAME: Variant(linear.linear_attention, linear.check_options,
                          decoder=decoding.recurrent(linear), refuses=_RECURRENCE_REFUSES),
     ring.NAME: Variant(ring.ring_attention, ring.check_options,
-                       decoder=decoding.SOFTMAX_KV_CACHE, refuses=("bias", "mask", "segment_ids"),
+                       decoder=decoding.SOFTMAX_KV_CACHE, refuses=("bias", "mask", "segment_ids",
+                                                                  "logit_soft_cap", "sinks"),
                        mesh_axis_option="axis_name"),
     # The gated and delta-rule recurrences: causal only, an output norm per head in the
     # layer (as their papers), gates and beta made by the layer from its input.
@@ -95,9 +97,9 @@ CALL_ARGUMENTS = ("scale", "is_causal", "query_seq_lengths", "key_value_seq_leng
                   "local_window_size")
 # Call arguments beyond JAX's: a variant takes them (a parameter of its function) or, through
 # validation.call_forms, refuses them; its entry's `refuses` says which.
-EXTRA_CALL_ARGUMENTS = ("segment_ids",)
+EXTRA_CALL_ARGUMENTS = ("segment_ids", "logit_soft_cap", "sinks")
 # Arguments that decide shapes or control flow, so they are compile-time constants.
-STATIC_ARGUMENTS = ("scale", "is_causal", "local_window_size")
+STATIC_ARGUMENTS = ("scale", "is_causal", "local_window_size", "logit_soft_cap")
 _UNSET = object()
 
 
@@ -173,6 +175,8 @@ def _get(name: str, bound: tuple) -> "Attention":
                      f"it takes {allowed}")
   variant.check_options(**{k: v for k, v in bound.items() if k in own})
   validation.check_scale(name, bound.get("scale"))
+  validation.check_soft_cap(name, bound.get("logit_soft_cap"))
+  validation.unsupported(name, **{a: x for a, x in bound.items() if a in variant.refuses})
   if bound.get("local_window_size") is not None:
     bound["local_window_size"] = validation.normalize_window(name, bound["local_window_size"])
   return Attention(name, variant, bound)
@@ -193,29 +197,38 @@ class Attention:
 
   def __init__(self, name: str, variant: Variant, bound: dict):
     self.name, self.bound, self.inputs = name, dict(bound), tuple(variant.inputs)
-    self.jitted = jax.jit(functools.partial(variant.fn, **bound),
-                          static_argnames=STATIC_ARGUMENTS)
+    params = inspect.signature(variant.fn).parameters
+    self.static = tuple(a for a in STATIC_ARGUMENTS if a in params)  # the rest it refuses
+    self.jitted = jax.jit(functools.partial(variant.fn, **bound), static_argnames=self.static)
     functools.update_wrapper(self, variant.fn)
 
   def __call__(self, query, key, value, bias=None, mask=None, *, scale=_UNSET,
                is_causal=_UNSET, query_seq_lengths=None, key_value_seq_lengths=None,
-               local_window_size=_UNSET, segment_ids=None, **inputs):
-    """`inputs`: the variant's per-token arrays (e.g. `log_gate`), see `entry(name).inputs`;
-    `segment_ids`: int [B, T] or a (query, key) pair, for the variants that take it."""
+               local_window_size=_UNSET, segment_ids=None, logit_soft_cap=_UNSET, sinks=None,
+               **inputs):
+    """`inputs`: the variant's per-token arrays (e.g. `log_gate`), see `entry(name).inputs`.
+    Beyond JAX's arguments, for the variants that take them (the others raise):
+    `segment_ids` (int [B, T] or a (query, key) pair: packed sequences), `logit_soft_cap`
+    (cap·tanh(logits/cap) before masking, Gemma 2) and `sinks` (float [N]: a learned logit
+    per query head that joins the softmax's normaliser and adds no value)."""
     unknown = sorted(set(inputs) - set(self.inputs))
     if unknown:
       raise ValueError(f"{self.name}: unexpected argument(s) {unknown}; its per-token inputs "
                        f"are {list(self.inputs)}")
-    given = dict(scale=scale, is_causal=is_causal, local_window_size=local_window_size)
+    given = dict(scale=scale, is_causal=is_causal, local_window_size=local_window_size,
+                 logit_soft_cap=logit_soft_cap)
     static = {k: v for k, v in given.items() if v is not _UNSET}
     if static.get("local_window_size") is not None:
       static["local_window_size"] = validation.normalize_window(
           self.name, static["local_window_size"])
     if "is_causal" in static:
       static["is_causal"] = bool(static["is_causal"])
+    refused = {a: static.pop(a) for a in list(static) if a not in self.static}
+    validation.unsupported(self.name, **refused)
     return self.jitted(query, key, value, bias, mask, query_seq_lengths=query_seq_lengths,
                        key_value_seq_lengths=key_value_seq_lengths,
-                       **({} if segment_ids is None else {"segment_ids": segment_ids}),
+                       **{a: x for a, x in (("segment_ids", segment_ids), ("sinks", sinks))
+                          if x is not None},
                        **static, **inputs)
 
   def __repr__(self) -> str:

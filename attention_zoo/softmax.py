@@ -26,10 +26,14 @@ def from_blocks_layout(out):
 @validation.call_forms(NAME)
 def softmax_attention(query, key, value, bias=None, mask=None, *, scale=None, is_causal=False,
                       query_seq_lengths=None, key_value_seq_lengths=None,
-                      local_window_size=None, segment_ids=None):
+                      local_window_size=None, segment_ids=None, logit_soft_cap=None,
+                      sinks=None):
   """Softmax attention with the semantics of `jax.nn.dot_product_attention`, and
   `segment_ids` (int [B, T], or a (query [B, T], key [B, S]) pair): a query attends only
-  keys of its own segment (packed sequences).
+  keys of its own segment (packed sequences); `logit_soft_cap`: logits = cap·tanh(logits /
+  cap) after scale and bias, before masking (Gemma 2); `sinks` (float [N]): a logit per
+  query head that joins every row's normaliser and adds no value (StreamingLLM, gpt-oss),
+  so a row may give less than all of its weight to its keys.
 
   Time and memory O(T·S). Logits, softmax and the value sum are float32; the output
   has the query's dtype. A query row that can attend no key (masked out, padding)
@@ -47,11 +51,12 @@ def softmax_attention(query, key, value, bias=None, mask=None, *, scale=None, is
   logits = jnp.einsum("bkgth,bksh->bkgts", q, k, preferred_element_type=jnp.float32) * scale
   if bias is not None:
     logits = logits + masking.split_heads(bias, dims.K).astype(jnp.float32)
+  logits = soft_cap(logits, logit_soft_cap)
   ok = masking.allowed(jnp.arange(dims.T), jnp.arange(dims.S),
                        mask=masking.split_heads(mask, dims.K), is_causal=is_causal,
                        window=window, q_len=query_seq_lengths, kv_len=key_value_seq_lengths,
                        segments=segment_ids)
-  probs, empty = masked_softmax(logits, ok)
+  probs, empty = masked_softmax(logits, ok, sink_logits(sinks, dims.K))
   out = jnp.einsum("bkgts,bksh->bkgth", probs.astype(v.dtype), v,
                    preferred_element_type=jnp.float32)
   # Zero weights times a NaN value are NaN: rows with no key are zeroed after the product.
@@ -59,9 +64,20 @@ def softmax_attention(query, key, value, bias=None, mask=None, *, scale=None, is
   return from_blocks_layout(out).astype(query.dtype)
 
 
-def masked_softmax(logits, ok):
+def soft_cap(logits, cap):
+  """cap·tanh(logits / cap) (float32), or the logits when cap is None."""
+  return logits if cap is None else cap * jnp.tanh(logits / cap)
+
+
+def sink_logits(sinks, K: int):
+  """float [N] -> [1, K, G, 1, 1] in the kernels' layout (None stays None)."""
+  return None if sinks is None else sinks.astype(jnp.float32).reshape(1, K, -1, 1, 1)
+
+
+def masked_softmax(logits, ok, sinks=None):
   """(softmax over the last axis restricted to `ok`, rows with no allowed entry): those
-  rows give zero weights. A NaN logit that is allowed makes its row NaN (never zero)."""
+  rows give zero weights. A NaN logit that is allowed makes its row NaN (never zero).
+  `sinks` [1, K, G, 1, 1]: one more logit per head in every row's normaliser (no value)."""
   if ok is not None:
     logits = jnp.where(ok, logits, -jnp.inf)
   # The shift cancels in the ratio, so it carries no gradient (as in jax.nn.softmax).
@@ -70,4 +86,8 @@ def masked_softmax(logits, ok):
   unnormalized = jnp.exp(logits - row_max)
   total = jnp.sum(unnormalized, axis=-1, keepdims=True)
   empty = total == 0  # False for a NaN total
+  if sinks is not None:  # after `empty`: a row with no key still gives zeros
+    row_max = jnp.maximum(row_max, jax.lax.stop_gradient(sinks))
+    unnormalized = jnp.exp(logits - row_max)
+    total = jnp.sum(unnormalized, axis=-1, keepdims=True) + jnp.exp(sinks - row_max)
   return unnormalized / jnp.where(empty, 1.0, total), empty

@@ -174,6 +174,29 @@ def check_segment_ids(variant: str, segment_ids, B: int, T: int, S: int):
   return tuple(jnp.asarray(x, jnp.int32) for x in pair)
 
 
+def check_soft_cap(variant: str, cap) -> float | None:
+  """`logit_soft_cap` as a Python float > 0 (a static argument) or None."""
+  if cap is None:
+    return None
+  if not isinstance(cap, numbers.Real) or isinstance(cap, bool) or not math.isfinite(cap) \
+      or cap <= 0:
+    raise ValueError(f"{variant}: logit_soft_cap must be a finite Python float > 0 or None, "
+                     f"got {cap!r}")
+  return float(cap)
+
+
+def check_sinks(variant: str, sinks, N: int):
+  """`sinks` (one learned logit per query head, float [N]) as float32, or None."""
+  if sinks is None:
+    return None
+  dtype = getattr(sinks, "dtype", None)
+  if _shape(sinks) != (N,) or dtype is None or not jnp.issubdtype(dtype, jnp.floating):
+    raise ValueError(f"{variant}: sinks must be a float array of shape [N] = ({N},) (a logit "
+                     f"per query head), got {getattr(sinks, 'dtype', type(sinks).__name__)} "
+                     f"{_shape(sinks)}")
+  return jnp.asarray(sinks, jnp.float32)
+
+
 def _leading_ones(x, rank: int):
   """x with unit axes prepended up to `rank` (as `jax.nn.dot_product_attention` does)."""
   if x is None or np.ndim(x) >= rank:
@@ -193,15 +216,16 @@ def call_forms(variant: str):
     whole axis (as in JAX), zero or negative means no position (those rows give zeros).
   - `local_window_size` becomes `(left, right)`, clipped to (T - 1, S - 1).
   - `segment_ids` becomes a (query ids [B, T], key ids [B, S]) pair (`check_segment_ids`);
-    a variant whose function has no `segment_ids` parameter refuses it.
+    `logit_soft_cap` a float > 0, `sinks` float32 [N]. A variant whose function lacks one of
+    these parameters refuses it (NotImplementedError), never ignores it.
   """
   def decorate(fn):
-    takes_segments = "segment_ids" in inspect.signature(fn).parameters
+    takes = set(inspect.signature(fn).parameters)
 
     @functools.wraps(fn)
     def wrapper(query, key, value, bias=None, mask=None, *, query_seq_lengths=None,
                 key_value_seq_lengths=None, local_window_size=None, segment_ids=None,
-                **kwargs):
+                logit_soft_cap=None, sinks=None, **kwargs):
       out_rank = np.ndim(query)
       query, key, value = (_leading_ones(x, 4) if np.ndim(x) == 3 else x
                            for x in (query, key, value))
@@ -213,11 +237,11 @@ def call_forms(variant: str):
       dims = check_inputs(variant, query, key, value, bias, mask,
                           query_seq_lengths=query_seq_lengths,
                           key_value_seq_lengths=key_value_seq_lengths)
-      segments = check_segment_ids(variant, segment_ids, dims.B, dims.T, dims.S)
-      if takes_segments:
-        kwargs["segment_ids"] = segments
-      else:
-        unsupported(variant, segment_ids=segments)
+      extra = dict(segment_ids=check_segment_ids(variant, segment_ids, dims.B, dims.T, dims.S),
+                   logit_soft_cap=check_soft_cap(variant, logit_soft_cap),
+                   sinks=check_sinks(variant, sinks, dims.N))
+      unsupported(variant, **{a: x for a, x in extra.items() if a not in takes})
+      kwargs.update({a: x for a, x in extra.items() if a in takes})
       window = clip_window(normalize_window(variant, local_window_size), dims.T, dims.S)
       out = fn(query, key, value, bias, mask,
                query_seq_lengths=clip_lengths(query_seq_lengths, dims.T),

@@ -68,3 +68,23 @@ def unit_keys(name, key):
   if not registry.entry(name).normalize_qk:
     return key
   return key / jnp.linalg.norm(key.astype(jnp.float32), axis=-1, keepdims=True).astype(key.dtype)
+
+
+def softmax_formula(q, k, v, bias, allowed, scale=None, logit_soft_cap=None, sinks=None):
+  """Softmax attention written out ([B, T, N, H] inputs, bool allowed [B, N, T, S]), with
+  a soft cap (cap·tanh(s/cap) after scale and bias) and sinks (one more logit per head in
+  the normaliser, with no value); rows with no allowed key give zeros."""
+  N, K, H = q.shape[2], k.shape[2], q.shape[3]
+  k, v = jnp.repeat(k, N // K, axis=2), jnp.repeat(v, N // K, axis=2)
+  s = jnp.einsum("btnh,bsnh->bnts", q, k) * (1 / np.sqrt(H) if scale is None else scale)
+  if bias is not None:
+    s = s + jnp.reshape(bias, (1,) * (4 - np.ndim(bias)) + np.shape(bias))
+  if logit_soft_cap is not None:
+    s = logit_soft_cap * jnp.tanh(s / logit_soft_cap)
+  s = jnp.where(allowed, s, -jnp.inf)
+  if sinks is not None:
+    sink = jnp.broadcast_to(jnp.reshape(sinks, (1, N, 1, 1)), s.shape[:3] + (1,))
+    s = jnp.concatenate([s, sink], axis=-1)
+  p = jnp.nan_to_num(jax.nn.softmax(s, axis=-1))[..., :allowed.shape[-1]]
+  p = jnp.where(jnp.asarray(allowed).any(-1, keepdims=True), p, 0.0)
+  return jnp.einsum("bnts,bsnh->btnh", p, v)

@@ -68,6 +68,10 @@ class Oracle:
 def _softmax_reference(case, options):
   del options
   call = dict(case.call)
+  if "logit_soft_cap" in call or "sinks" in call:  # not in JAX's attention: the formula
+    q, k, v = (x.astype(jnp.float32) for x in (case.q, case.k, case.v))
+    return oracle.softmax_formula(q, k, v, case.bias, case.allowed(), call.get("scale"),
+                                  call.get("logit_soft_cap"), call.get("sinks"))
   mask = case.mask
   segment_ids = call.pop("segment_ids", None)
   if segment_ids is not None:  # JAX's attention has no segment ids: the same pairs as a mask
@@ -235,6 +239,10 @@ def cases(draw, name, dtypes=(jnp.float32, jnp.bfloat16), nan=False):
                               jnp.int32)
   if "segment_ids" not in refuses and draw(st.booleans()):
     call["segment_ids"] = _segment_ids(draw, rng, B, T, S)
+  if "logit_soft_cap" not in refuses and draw(st.booleans()):
+    call["logit_soft_cap"] = draw(st.sampled_from([0.5, 5.0]))
+  if "sinks" not in refuses and draw(st.booleans()):
+    call["sinks"] = jnp.asarray(rng.normal(size=N), jnp.float32)
   mask = bias = None
   if "mask" not in refuses:
     form = draw(st.sampled_from([None, (B, N, T, S), (B, 1, 1, S), (1, N, T, S), (T, S)]))
@@ -525,7 +533,8 @@ def test_refused_arguments_raise_in_every_form(name):
                bias=[jnp.zeros(f) for f in ((1, N, T, S), (B, 1, 1, S), (S,))],
                local_window_size=[0, (1, 2), (HUGE, HUGE)],
                segment_ids=[jnp.zeros((B, T), jnp.int32)] * (T == S) +
-               [(jnp.zeros((B, T), jnp.int32), jnp.ones((B, S), jnp.int32))])
+               [(jnp.zeros((B, T), jnp.int32), jnp.ones((B, S), jnp.int32))],
+               logit_soft_cap=[30.0], sinks=[jnp.zeros((N,))])
   attend = attention_zoo.get(name, **options)
   with _mesh_for(name):
     for argument in entry.refuses:
