@@ -1,6 +1,6 @@
 """attention-zoo's one entry point.
 
-    python launch.py                                   # the default job: every variant on copy
+    python launch.py                                   # the default job: configs/sweeps/default.py
     python launch.py --config configs/copy.py --workdir runs/copy --config.model.attention=linear
     python launch.py bench --config configs/bench/attention.py --workdir runs/bench
     python launch.py sweep --config configs/sweeps/variants.py --workdir runs/variants
@@ -11,7 +11,8 @@ from absl import app, flags, logging
 import tensorflow_datasets as tfds
 from ml_collections import config_flags
 
-from experiments import benchmark, default_job, parallel, sweeps, train
+from configs.sweeps import default
+from experiments import benchmark, parallel, sweeps, train
 from experiments.sweeps import report
 
 config_flags.DEFINE_config_file("config", None, "An experiment config, e.g. configs/copy.py.",
@@ -33,7 +34,7 @@ def main(argv):
     print(report.write(FLAGS.workdir))
     return
   if FLAGS.config is None and not command:
-    print(default_job.run())
+    print(sweeps.run(default.get_config(), default.WORKDIR))
     return
   if FLAGS.config is None or not FLAGS.workdir:
     raise app.UsageError("--config and --workdir are required (or neither: the default job)")

@@ -6,12 +6,8 @@ import os
 
 import attention_zoo
 from attention_zoo import registry
-from experiments import tasks
+from experiments import optimizer, tasks
 from experiments.model import POOLINGS, POSITIONS
-from experiments.tasks import mqar
-
-DECAYS = ("cosine", "rsqrt", "step", "constant")
-OPTIMIZERS = ("adamw", "radam")
 
 _COUNT = (lambda x: x >= 1, "a positive integer")
 _NATURAL = (lambda x: x >= 0, "0 or more")
@@ -93,49 +89,22 @@ def check_config(config) -> None:
   """Raises ValueError naming the field, the value and the valid choices."""
   check_ranges(config)  # first: the checks below divide by some of these
   data, model = config.data, config.model
-  if data.task not in tasks.TASKS:
-    raise ValueError(f"config.data.task={data.task!r} is not a task; choose from {tasks.TASKS}")
-  shapes = tasks.SHAPES[data.task]
-  if model.shape is not None and model.shape not in shapes:
+  task = tasks.entry(data.task)
+  if model.shape is not None and model.shape not in task.shapes:
     raise ValueError(f"config.model.shape={model.shape!r}: task {data.task!r} trains the "
-                     f"shapes {shapes}")
+                     f"shapes {task.shapes}")
   for field, choices in (("pooling", POOLINGS), ("positions", POSITIONS)):
     if model[field] not in choices:
       raise ValueError(f"config.model.{field}={model[field]!r}; choose from {choices}")
   check_attention_roles(config)
   check_option_blocks(config)
-  if data.task == "mqar":
-    for field in ("mqar_train_pairs", "mqar_test_pairs"):
-      for length, pairs in data[field]:
-        try:
-          mqar.check(data.vocab_size, length, pairs)
-        except ValueError as e:
-          raise ValueError(f"config.data.{field}: {e}") from None
-  if data.task == "text" and not data.tfds_name:
-    raise ValueError("config.data.task='text' needs config.data.tfds_name (a TFDS text-pair "
-                     "dataset, e.g. wmt14_translate/de-en, or zoo_tiny_text_pairs)")
-  if data.task == "listops" and not 1 <= data.min_length < data.max_length - 1:
-    raise ValueError(f"config.data: ListOps keeps lengths strictly between min_length and "
-                     f"max_length, so they need 1 <= min_length < max_length - 1, got "
-                     f"{data.min_length}, {data.max_length}")
-  if data.task in tasks.SYNTHETIC and not (
-      1 <= data.min_length <= data.max_length < data.long_max_length):
-    raise ValueError(f"config.data lengths must satisfy 1 <= min_length <= max_length < "
-                     f"long_max_length, got {data.min_length}, {data.max_length}, "
-                     f"{data.long_max_length}")
+  task.check(data)
   data_dir = os.path.expanduser(data.data_dir)
   parent = data_dir if os.path.exists(data_dir) else os.path.dirname(data_dir.rstrip("/")) or "."
   if not os.path.isdir(parent) or not os.access(parent, os.W_OK):
     raise ValueError(f"config.data.data_dir={data.data_dir!r}: {parent!r} is not a writable "
                      f"directory")
-  if config.optimizer.name not in OPTIMIZERS:
-    raise ValueError(f"config.optimizer.name={config.optimizer.name!r}; choose from {OPTIMIZERS}")
-  if config.optimizer.decay == "step" and not (
-      config.optimizer.warmup_steps <= config.optimizer.drop_at):
-    raise ValueError(f"config.optimizer.drop_at={config.optimizer.drop_at} must come after "
-                     f"warmup_steps={config.optimizer.warmup_steps}")
-  if config.optimizer.decay not in DECAYS:
-    raise ValueError(f"config.optimizer.decay={config.optimizer.decay!r}; choose from {DECAYS}")
+  optimizer.check(config.optimizer)
   if model.positions == "sinusoidal" and model.d_model % 2:
     raise ValueError(f"config.model.d_model={model.d_model} must be even: sinusoidal positions "
                      f"pair its dimensions")

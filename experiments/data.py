@@ -1,6 +1,8 @@
 """One input pipeline for every task: TFDS array_record sources fed through grain.
 
-Token ids: 0 padding, 1 begin-of-sequence, 2 end-of-sequence, task symbols from 3 on.
+Token ids: 0 padding, 1 begin-of-sequence, 2 end-of-sequence, task symbols from 3 on
+(experiments/tasks); what each task is, how it is built and how long its splits are is on
+its entry there, so nothing here depends on the task.
 Every batch is padded to the config's lengths (one shape, one compilation); its fields
 follow the model's shape (experiments/model.py):
   encoder_decoder: inputs [B, S], input_lengths [B], decoder_inputs [B, T] (BOS + target),
@@ -14,19 +16,35 @@ follow the model's shape (experiments/model.py):
 from __future__ import annotations
 
 import dataclasses
-import functools
 import os
 
 import grain
 import jax
 import numpy as np
-import tensorflow_datasets as tfds
 
 from experiments import parallel, tasks
-from experiments.tasks import listops, mqar, synthetic, text_pairs
+from experiments.tasks import BOS, EOS, PAD, RESERVED
 
-PAD, BOS, EOS = 0, 1, 2
-RESERVED = 3
+
+@dataclasses.dataclass(frozen=True)
+class Placement:
+  """Where this process's data goes: its rows of every global batch (each process reads
+  the `process`-th of `processes` equal parts) and the multiple every padded length is
+  rounded up to (the mesh's `sequence` axis splits sequences into that many parts)."""
+  process: int = 0
+  processes: int = 1
+  length_multiple: int = 1
+
+  @classmethod
+  def of(cls, mesh) -> Placement:
+    """This process's placement on `mesh`."""
+    return cls(jax.process_index(), jax.process_count(), mesh.shape["sequence"])
+
+  def rows(self, batch: dict) -> dict:
+    """This process's rows of a global batch."""
+    if self.processes == 1:
+      return batch
+    return {k: np.split(v, self.processes)[self.process] for k, v in batch.items()}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -39,56 +57,21 @@ class Task:
   labelled: bool = False             # examples carry per-token labels (an LM task: MQAR)
   num_classes: int | None = None     # a one-symbol target read as a class (classifier)
   test_splits: tuple = ("test",)     # the splits whose metrics are averaged as `test_*`
+  placement: Placement = Placement()  # this process's rows and the lengths' multiple
 
 
-def load_task(cfg) -> Task:
-  """Builds the task's data (once, into cfg.data_dir) and opens its splits."""
-  data_dir = os.path.expanduser(cfg.data_dir)
-  if cfg.task in tasks.SYNTHETIC:
-    builder_cls = tasks.SYNTHETIC[cfg.task]
-    builder = _prepare(builder_cls, synthetic.config_for(
-        cfg.vocab_size, cfg.min_length, cfg.max_length, cfg.long_max_length, cfg.num_train,
-        cfg.num_eval, cfg.data_seed), data_dir)
-    short, long = builder_cls.max_lengths(cfg.max_length), builder_cls.max_lengths(
-        cfg.long_max_length)
-    lengths = {s: (short[0], short[1] + 1) for s in ("train", "validation", "test")}
-    lengths["test_long"] = (long[0], long[1] + 1)
-    vocab = builder_cls.vocab_size(builder.builder_config)
-    to_symbols = _generated_pair
-  elif cfg.task == "listops":
-    builder = _prepare(listops.ZooListOps, listops.config_for(
-        cfg.min_length, cfg.max_length, cfg.num_train, cfg.num_eval, cfg.data_seed), data_dir)
-    lengths = {s: (cfg.max_length, 2) for s in ("train", "validation", "test")}
-    vocab = listops.ZooListOps.VOCAB_SIZE
-    sources = {split: builder.as_data_source(split=split) for split in lengths}
-    return Task(cfg.task, vocab + RESERVED, sources, lengths, _generated_pair,
-                num_classes=listops.NUM_CLASSES)
-  elif cfg.task == "mqar":
-    builder = _prepare(mqar.ZooMQAR, mqar.config_for(
-        cfg.vocab_size, cfg.mqar_train_pairs, cfg.mqar_test_pairs, cfg.num_train, cfg.num_eval,
-        cfg.data_seed, cfg.random_non_queries), data_dir)
-    longest = max(length for length, _ in cfg.mqar_train_pairs)
-    tests = tuple(mqar.test_split(*pair) for pair in cfg.mqar_test_pairs)
-    lengths = {"train": (longest, 0), "validation": (longest, 0),
-               **{split: (length, 0) for split, (length, _) in zip(tests, cfg.mqar_test_pairs)}}
-    sources = {split: builder.as_data_source(split=split) for split in lengths}
-    return Task(cfg.task, cfg.vocab_size + RESERVED, sources, lengths,
-                lambda e: (e["inputs"], e["labels"]), labelled=True, test_splits=tests)
-  else:  # text pairs, byte level
-    # the splits are known once the data is prepared
-    builder = _prepare(functools.partial(tfds.builder, cfg.tfds_name), None, data_dir)
-    lengths = {s: (cfg.max_input_length, cfg.max_target_length + 1)
-               for s in builder.info.splits if s in ("train", "validation", "test")}
-    vocab = text_pairs.VOCAB_SIZE
-    to_symbols = lambda e: tuple(np.frombuffer(e[k], np.uint8) for k in
-                                 (cfg.input_key, cfg.target_key))
+def load_task(cfg, placement: Placement = Placement()) -> Task:
+  """Builds the task's data (once, into cfg.data_dir) and opens its splits, padded to
+  multiples of `placement.length_multiple`; its batches are `placement`'s rows."""
+  entry = tasks.entry(cfg.task)
+  builder = _prepare(*entry.builder(cfg), os.path.expanduser(cfg.data_dir))
+  lengths = {split: lengths for split, lengths in entry.lengths(cfg).items()
+             if split in builder.info.splits}  # a TFDS dataset may lack a split
   sources = {split: builder.as_data_source(split=split) for split in lengths}
-  return Task(cfg.task, vocab + RESERVED, sources, lengths, to_symbols)
-
-
-def _generated_pair(example):
-  """(inputs, targets) of a generated task's example (synthetic.sequence_pair_info)."""
-  return example["inputs"], example["targets"]
+  return Task(cfg.task, entry.vocab_size(cfg) + RESERVED, sources,
+              parallel.split_lengths(lengths, placement.length_multiple), entry.to_symbols(cfg),
+              labelled=entry.labelled, num_classes=entry.num_classes,
+              test_splits=entry.test_splits(cfg), placement=placement)
 
 
 def _prepare(make_builder, config, data_dir: str):
@@ -147,26 +130,27 @@ def _check_length(task, split, length, limit, truncate):
                      f"length {limit}; raise it or set config.data.truncate")
 
 
-def train_dataset(task: Task, cfg, shape: str, seed: int, process: int = 0,
-                  processes: int = 1) -> grain.IterDataset:
+def train_dataset(task: Task, cfg, shape: str, seed: int) -> grain.IterDataset:
   """Shuffled anew each epoch from `seed`, endless, in batches; its iterator is checkpointable.
 
-  With several processes each reads its own shard of the examples (every `processes`-th,
-  from `process`) in batches of batch_size / processes: its rows of the global batch.
+  Each process reads its own shard of the examples (every `processes`-th, from `process`:
+  task.placement) in batches of batch_size / processes: its rows of the global batch.
   """
   encoded = lambda e: encode(task, e, "train", shape, cfg.truncate)
+  process, processes = task.placement.process, task.placement.processes
   return (grain.MapDataset.source(task.sources["train"])[process::processes]
           .shuffle(seed=seed).repeat().map(encoded)
           .batch(cfg.batch_size // processes, drop_remainder=True).to_iter_dataset())
 
 
 def eval_batches(task: Task, cfg, shape: str, split: str, max_batches: int | None = None):
-  """The split in order, in full batches: the last is padded with empty rows (length 0,
-  labels -1)."""
+  """The split in order, in full global batches of which this process gets its rows
+  (task.placement); the last is padded with empty rows (length 0, labels -1)."""
   ds = grain.MapDataset.source(task.sources[split]).map(
       lambda e: encode(task, e, split, shape, cfg.truncate)).batch(cfg.eval_batch_size)
   for i in range(len(ds) if max_batches is None else min(max_batches, len(ds))):
     batch = ds[i]
     missing = cfg.eval_batch_size - len(next(iter(batch.values())))
-    yield {k: np.pad(v, [(0, missing)] + [(0, 0)] * (v.ndim - 1),
-                     constant_values=-1 if k == "labels" else 0) for k, v in batch.items()}
+    yield task.placement.rows({
+        k: np.pad(v, [(0, missing)] + [(0, 0)] * (v.ndim - 1),
+                  constant_values=-1 if k == "labels" else 0) for k, v in batch.items()})

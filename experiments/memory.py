@@ -13,6 +13,7 @@ import jax
 import jax.numpy as jnp
 
 import attention_zoo
+from experiments import tables
 
 # (label, variant, options bound at lookup, call arguments) for the table and the test.
 CASES = (
@@ -48,17 +49,16 @@ def forward_backward_temp_bytes(name: str, length: int, options=None, call=None,
 
 def table(lengths=(4096, 8192, 16384)) -> str:
   """Markdown: MiB per case and length, and the ratio to softmax at each length."""
-  rows = ["| variant | " + " | ".join(f"T={t}" for t in lengths) + " |",
-          "|---|" + "---|" * len(lengths)]
   base = {t: forward_backward_temp_bytes("softmax", t) for t in lengths}
+  rows = []
   for label, name, options, call in CASES:
     cells = []
     for t in lengths:
       size = base[t] if name == "softmax" else forward_backward_temp_bytes(name, t, options, call)
       cells.append(f"{size / 2**20:,.0f} MiB" + ("" if name == "softmax" else
                                                    f" ({size / base[t]:.3f}x)"))
-    rows.append(f"| {label} | " + " | ".join(cells) + " |")
-  return "\n".join(rows)
+    rows.append([label, *cells])
+  return tables.markdown(["variant", *(f"T={t}" for t in lengths)], rows)
 
 
 if __name__ == "__main__":

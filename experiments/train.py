@@ -1,9 +1,10 @@
 """One experiment: train_and_evaluate(config, workdir).
 
-Pure jitted train and eval steps over a state pytree {step, params, opt_state,
-nonfinite_step}; orbax checkpoints (model and data iterator) resumed automatically from
-the workdir; metrics to metrics.jsonl and TensorBoard; a final evaluation with greedy
-decoding or beam search (exact-sequence accuracy) on config.decode_splits.
+Pure jitted train and eval steps over a TrainState (experiments/train_state.py, its
+optimizer from experiments/optimizer.py); orbax checkpoints (model and data iterator)
+resumed automatically from the workdir; metrics to metrics.jsonl and TensorBoard; a final
+evaluation with greedy decoding or beam search (exact-sequence accuracy) on
+config.decode_splits. The data arrive as this process's rows (data.Placement).
 """
 
 from __future__ import annotations
@@ -22,51 +23,9 @@ import optax
 import tqdm
 from flax import nnx
 
-from attention_zoo import registry
 from experiments import (checks, checkpoints, data, decode, footprint, metrics,
-                         objectives, parallel, rundir, tasks)
-from experiments.model import Transformer, TransformerConfig
-
-
-def model_config(config, vocab_size: int, shape: str = "encoder_decoder",
-                 num_classes: int | None = None) -> TransformerConfig:
-  """The typed model config: model code never reads a ConfigDict."""
-  m = config.model
-  used = {m.attention, m.cross_attention or m.attention, m.encoder_attention or m.attention}
-  options = tuple((name, registry.frozen(m.options[name])) for name in sorted(used))
-  return TransformerConfig(
-      vocab_size=vocab_size, shape=shape, pooling=m.pooling, positions=m.positions,
-      num_classes=num_classes,
-      d_model=m.d_model, num_heads=m.num_heads,
-      num_kv_heads=m.num_kv_heads, d_ff=m.d_ff, num_encoder_layers=m.num_encoder_layers,
-      num_decoder_layers=m.num_decoder_layers, dropout_rate=m.dropout_rate,
-      attention=m.attention, cross_attention=m.cross_attention,
-      encoder_attention=m.encoder_attention, attention_options=options)
-
-
-def learning_rate_schedule(cfg, num_steps: int) -> optax.Schedule:
-  warmup = optax.linear_schedule(0.0, cfg.learning_rate, max(cfg.warmup_steps, 1))
-  if cfg.decay == "cosine":
-    decay = optax.cosine_decay_schedule(cfg.learning_rate, max(num_steps - cfg.warmup_steps, 1))
-  elif cfg.decay == "rsqrt":
-    decay = lambda s: cfg.learning_rate * jnp.sqrt(max(cfg.warmup_steps, 1) /
-                                                   (s + max(cfg.warmup_steps, 1)))
-  elif cfg.decay == "step":
-    decay = optax.piecewise_constant_schedule(
-        cfg.learning_rate, {cfg.drop_at - cfg.warmup_steps: cfg.drop_factor})
-  else:
-    decay = optax.constant_schedule(cfg.learning_rate)
-  return optax.join_schedules([warmup, decay], [cfg.warmup_steps])
-
-
-def optimizer(cfg, schedule: optax.Schedule) -> optax.GradientTransformation:
-  if cfg.name == "radam":
-    update = optax.chain(optax.scale_by_radam(b1=cfg.b1, b2=cfg.b2),
-                         optax.add_decayed_weights(cfg.weight_decay),
-                         optax.scale_by_learning_rate(schedule))
-  else:
-    update = optax.adamw(schedule, b1=cfg.b1, b2=cfg.b2, weight_decay=cfg.weight_decay)
-  return optax.chain(optax.clip_by_global_norm(cfg.grad_clip), update)
+                         objectives, optimizer, parallel, rundir, tasks)
+from experiments.train_state import TrainState, model_config
 
 
 def _sums(objective, graphdef, params, batch, rngs=None):
@@ -74,25 +33,24 @@ def _sums(objective, graphdef, params, batch, rngs=None):
   return objectives.sums(objective, logits, batch)
 
 
-def train_step(graphdef, tx, objective, dropout_key, state, batch):
-  """One AdamW step; dropout is keyed by the step, so a resumed run repeats it exactly."""
-  key = jax.random.fold_in(dropout_key, state["step"])
+def train_step(objective, dropout_key, state: TrainState, batch):
+  """One optimizer step; dropout is keyed by the step, so a resumed run repeats it exactly."""
+  key = jax.random.fold_in(dropout_key, state.step)
 
   def loss_fn(params):
     rngs = nnx.Rngs(dropout=key)  # made inside the traced function that draws from it
-    sums = _sums(objective, graphdef, params, batch, rngs)
+    sums = _sums(objective, state.graphdef, params, batch, rngs)
     return sums["loss_sum"] / jnp.maximum(sums["count"], 1), sums
 
-  (loss, sums), grads = jax.value_and_grad(loss_fn, has_aux=True)(state["params"])
-  updates, opt_state = tx.update(grads, state["opt_state"], state["params"])
-  finite = jnp.isfinite(loss)
-  new_state = dict(
-      step=state["step"] + 1, params=optax.apply_updates(state["params"], updates),
-      opt_state=opt_state,
-      nonfinite_step=jnp.where((state["nonfinite_step"] < 0) & ~finite, state["step"] + 1,
-                               state["nonfinite_step"]))
-  return new_state, {"loss": loss, objective.accuracy: sums["correct"] / sums["count"],
-                     "grad_norm": optax.tree.norm(grads)}
+  (loss, sums), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
+  return state.apply_gradients(grads, loss), {
+      "loss": loss, objective.accuracy: sums["correct"] / sums["count"],
+      "grad_norm": optax.tree.norm(grads)}
+
+
+def _decoded_exact(graphdef, beam_size, params, batch):
+  """Rows that beam search (greedy at beam size 1) decodes exactly, over the global batch."""
+  return decode.exact_matches(decode.beam_search(graphdef, params, batch, beam_size), batch)
 
 
 @dataclasses.dataclass
@@ -100,7 +58,7 @@ class _Steps:
   """The jitted pure functions of one run (graphdef and optimizer are static)."""
   train: object
   evaluate: object
-  decode: object
+  decoded_exact: object
   batch_sharding: object
   objective: objectives.Objective
 
@@ -109,12 +67,11 @@ def _totals(steps, params, task, cfg, split, max_batches=None, decoding=False) -
   """The split's summed metrics (with decoding: `decoded_exact`, rows decoded exactly)."""
   totals = dict(loss_sum=0.0, correct=0, count=0, exact=0, rows=0, decoded_exact=0)
   for batch in data.eval_batches(task, cfg, steps.objective.shape, split, max_batches):
-    on_devices = parallel.to_global(parallel.process_rows(batch), steps.batch_sharding)
+    on_devices = parallel.to_global(batch, steps.batch_sharding)  # this process's rows
     for k, v in jax.device_get(steps.evaluate(params, on_devices)).items():
       totals[k] += v.item()
     if decoding:
-      decoded = parallel.to_host(steps.decode(params, on_devices))
-      totals["decoded_exact"] += int(decode.exact_matches(decoded, batch))
+      totals["decoded_exact"] += int(steps.decoded_exact(params, on_devices))
   return totals
 
 
@@ -194,22 +151,15 @@ def _train_and_evaluate(config, workdir: str, mesh) -> dict:
   if first_process:
     rundir.write_atomic(os.path.join(workdir, "config.json"),
                         config.to_json_best_effort(indent=2))
-  task = data.load_task(config.data)
-  task = dataclasses.replace(task, lengths=parallel.split_lengths(task.lengths,
-                                                                 mesh.shape["sequence"]))
+  task = data.load_task(config.data, data.Placement.of(mesh))
   objective = objectives.OBJECTIVES[tasks.model_shape(config)]
-  model = Transformer(model_config(config, task.vocab_size, objective.shape, task.num_classes),
-                      rngs=nnx.Rngs(config.seed))
-  graphdef, params = nnx.split(model)
-  schedule = learning_rate_schedule(config.optimizer, config.num_train_steps)
-  tx = optimizer(config.optimizer, schedule)
-  state = dict(step=jnp.zeros((), jnp.int32), params=params, opt_state=tx.init(params),
-               nonfinite_step=jnp.full((), -1, jnp.int32))
+  tx, schedule = optimizer.from_config(config.optimizer, config.num_train_steps)
+  state = TrainState.create(model_config(config.model, task.vocab_size, objective.shape,
+                                         task.num_classes), tx, config.seed)
   state_sharding = parallel.state_shardings(mesh, state)
   state = jax.device_put(state, state_sharding)
   batch_sharding = parallel.batch_sharding(mesh)
-  train_iter = iter(data.train_dataset(task, config.data, objective.shape, config.seed,
-                                       jax.process_index(), jax.process_count()))
+  train_iter = iter(data.train_dataset(task, config.data, objective.shape, config.seed))
   ckpt = checkpoints.Checkpoints(workdir, config.checkpoint_every, config.keep_checkpoints)
   state, start = ckpt.restore(state, train_iter)
   writer = metrics.MetricsWriter(workdir, start, enabled=first_process)
@@ -217,14 +167,15 @@ def _train_and_evaluate(config, workdir: str, mesh) -> dict:
   dropout_key = jax.random.key(config.seed + 1)
   local = next(train_iter)
   started = time.perf_counter()
-  train = jax.jit(functools.partial(train_step, graphdef, tx, objective, dropout_key),
+  train = jax.jit(functools.partial(train_step, objective, dropout_key),
                   in_shardings=(state_sharding, batch_sharding),
                   out_shardings=(state_sharding, parallel.replicated(mesh)), donate_argnums=0)
   train = train.lower(state, parallel.to_global(local, batch_sharding)).compile()
   compile_seconds = time.perf_counter() - started
-  steps = _Steps(train=train, evaluate=jax.jit(functools.partial(_sums, objective, graphdef)),
-                 decode=jax.jit(functools.partial(decode.beam_search, graphdef,
-                                                  beam_size=config.beam_size)),
+  steps = _Steps(train=train,
+                 evaluate=jax.jit(functools.partial(_sums, objective, state.graphdef)),
+                 decoded_exact=jax.jit(functools.partial(_decoded_exact, state.graphdef,
+                                                         config.beam_size)),
                  batch_sharding=batch_sharding, objective=objective)
   memory = train.memory_analysis()
   run_info = dict(compile_seconds=compile_seconds, devices=jax.device_count(),
@@ -256,7 +207,7 @@ def _train_and_evaluate(config, workdir: str, mesh) -> dict:
                              steps_per_s=f"{logged['steps_per_second']:.1f}")
         pending, tokens, interval_start = [], 0, time.perf_counter()
       if step % config.eval_every == 0 or step == config.num_train_steps:
-        evaluated = _evaluate(steps, state["params"], task, config.data, "validation",
+        evaluated = _evaluate(steps, state.params, task, config.data, "validation",
                               config.eval_batches)
         writer.write(step, evaluated)
         ckpt.save_best(step, state, {"eval_loss": evaluated["validation_loss"]})
@@ -264,8 +215,9 @@ def _train_and_evaluate(config, workdir: str, mesh) -> dict:
       progress.update(1)
       if step < config.num_train_steps:
         local = next(train_iter)
-    final = _final_evaluation(steps, state["params"], task, config.data, config.decode_splits)
-    final["state_size"] = model.state_size(max(length for length, _ in task.lengths.values()))
+    final = _final_evaluation(steps, state.params, task, config.data, config.decode_splits)
+    longest = max(length for length, _ in task.lengths.values())
+    final["state_size"] = state.model().state_size(longest)
     ckpt.wait()  # the final record marks the run finished: its checkpoints come first
     rundir.kill_at("before_final_write", config.num_train_steps)
     writer.write(config.num_train_steps, {**final, "final": True})
@@ -286,6 +238,6 @@ def _peak_rss_mib() -> float:
 
 
 def _check_finite(state) -> None:
-  bad = int(state["nonfinite_step"])
+  bad = int(state.nonfinite_step)
   if bad >= 0:
     raise FloatingPointError(f"the training loss became NaN or Inf at step {bad}")

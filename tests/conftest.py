@@ -1,12 +1,9 @@
-import os
-import sys
+# attention_zoo is the installed package (`pip install -r requirements.txt` installs this
+# checkout editable); experiments/, configs/ and tests/ are imported from the repository root,
+# the working directory of `python -m pytest`.
 
-# The tests import the project from the checkout, without installing it.
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-
-
-import jax  # pylint: disable=wrong-import-position
-import pytest  # pylint: disable=wrong-import-position
+import jax
+import pytest
 
 
 @pytest.fixture(autouse=True)

@@ -2,16 +2,12 @@
 
 import json
 import os
-import subprocess
-import sys
 
 import pytest
 
 from configs.bench import tiny
 from configs.paper import lra_efficiency, rabe_staats
-from experiments import benchmark
-
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+from experiments import benchmark, children
 
 
 def _rows(workdir):
@@ -68,8 +64,7 @@ def test_lra_efficiency_table(tmp_path):
 
 
 def test_bench_needs_a_config(tmp_path):
-  result = subprocess.run([sys.executable, "launch.py", "bench"], cwd=REPO, capture_output=True,
-                          text=True, timeout=120)
+  result = children.run(argv=["launch.py", "bench"], timeout=120)
   assert result.returncode != 0 and "--config and --workdir are required" in result.stderr
 
 

@@ -14,9 +14,6 @@ import json
 import os
 import shutil
 import signal
-import subprocess
-import sys
-import textwrap
 
 import jax
 import ml_collections
@@ -26,7 +23,7 @@ import pytest
 
 import attention_zoo
 from configs import base
-from experiments import checks, data, footprint, metrics, rundir, sweeps, train
+from experiments import checks, children, data, footprint, metrics, rundir, sweeps, train
 from experiments.sweeps import grid, report
 from tests import tiny
 
@@ -60,16 +57,14 @@ def shared(tmp_path_factory):
 def _train(shared, workdir, kill_at=None, **overrides):
   """One run in a fresh process (killed at `kill_at`, a `point:step`, if given)."""
   data_dir, env = shared
-  env = dict(env, **({rundir.KILL_AT: kill_at} if kill_at else {}))
   code = TRAIN.format(data_dir=str(data_dir), workdir=str(workdir),
                       overrides={**RUN, **overrides})
-  return subprocess.run([sys.executable, "-c", code], env=env, cwd=REPO, capture_output=True,
-                        text=True, timeout=300, check=False)
+  return children.run(code, env={**env, rundir.KILL_AT: kill_at}, timeout=300)
 
 
 def _finished(process):
   assert process.returncode == 0, process.stderr[-3000:]
-  return json.loads(process.stdout.strip().splitlines()[-1])
+  return process.last_json()
 
 
 @pytest.fixture(scope="module")
@@ -216,13 +211,13 @@ def test_a_broken_metrics_line_fails_the_run_naming_it(straight, tmp_path):
 def test_a_second_process_is_refused_while_the_first_lives(tmp_path, shared):
   workdir = tmp_path / "run"
   os.makedirs(workdir)
-  holder = subprocess.Popen([sys.executable, "-c", textwrap.dedent(f"""
+  holder = children.start(f"""
       import time
       from experiments import rundir
       with rundir.hold({str(workdir)!r}):
         print("held", flush=True)
         time.sleep(120)
-  """)], stdout=subprocess.PIPE, text=True, cwd=REPO)
+  """)
   try:
     assert holder.stdout.readline().strip() == "held"
     with pytest.raises(rundir.WorkdirInUse, match=rf"in use by process {holder.pid} on "):

@@ -3,15 +3,15 @@
 import json
 import os
 import subprocess
-import sys
 import time
 
 import psutil
 import pytest
 
+import attention_zoo
 from configs import base
-from configs.sweeps import tiny
-from experiments import metrics, sweeps
+from configs.sweeps import default, tiny
+from experiments import children, metrics, sweeps
 from experiments.sweeps import grid, report
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -43,25 +43,23 @@ def _steps(run_dir):
 def test_tiny_sweep_survives_a_kill_and_ends_in_a_table(tmp_path):
   """2 variants x 2 seeds: SIGKILL the sweep during its second run, re-launch, finish."""
   workdir, data_dir = tmp_path / "sweep", tmp_path / "tfds"
-  command = [sys.executable, "launch.py", "sweep", "--config", "configs/sweeps/tiny.py",
-             f"--workdir={workdir}", f"--config.base.data.data_dir={data_dir}",
-             "--config.base.num_train_steps=20"]
+  command = ["launch.py", "sweep", "--config", "configs/sweeps/tiny.py", f"--workdir={workdir}",
+             f"--config.base.data.data_dir={data_dir}", "--config.base.num_train_steps=20"]
   first, second = (workdir / name for name in ("attention=softmax,seed=0",
                                                 "attention=softmax,seed=1"))
-  launcher = subprocess.Popen(command, cwd=REPO, stdout=subprocess.DEVNULL,
-                              stderr=subprocess.DEVNULL)
+  launcher = children.start(argv=command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
   _wait_for(lambda: (second / "checkpoints" / "10").is_dir()  # its checkpoint, committed
             and max(_steps(second), default=0) >= 15)
-  children = psutil.Process(launcher.pid).children(recursive=True)
+  descendants = psutil.Process(launcher.pid).children(recursive=True)
   launcher.kill()
   launcher.wait()
-  psutil.wait_procs(children, timeout=20)  # the run's process dies with the sweep's
-  assert not [c for c in children if c.is_running() and c.status() != psutil.STATUS_ZOMBIE]
+  psutil.wait_procs(descendants, timeout=20)  # the run's process dies with the sweep's
+  assert not [c for c in descendants if c.is_running() and c.status() != psutil.STATUS_ZOMBIE]
   finished_first = (first / "metrics.jsonl").read_bytes()
   assert metrics.final(metrics.read(str(first)))
   assert metrics.final(metrics.read(str(second))) is None
 
-  done = subprocess.run(command, cwd=REPO, capture_output=True, text=True, timeout=600)
+  done = children.run(argv=command, timeout=600)
   assert done.returncode == 0, done.stderr[-3000:]
   assert (first / "metrics.jsonl").read_bytes() == finished_first  # not redone
   started = [r["step"] for r in metrics.read(str(second)) if "compile_seconds" in r]
@@ -171,3 +169,47 @@ def test_table_marks_missing_and_failed_runs(tmp_path):
   os.remove(tmp_path / "attention=softmax,max_length=8,seed=1" / "metrics.jsonl")
   (tmp_path / "attention=softmax,max_length=8,seed=1" / "failure.json").write_text("{}")
   assert "| softmax | 0.5000 (1 of 2; 1 failed) |" in report.write(str(tmp_path))
+
+
+def test_the_default_job_is_a_sweep_of_every_variant_with_the_readmes_table(tmp_path):
+  """`python launch.py`'s sweep: a run per variant, and its table (from the sweep report)
+  has the README's columns; speed is the mean of the logged intervals after the first."""
+  sweep = default.get_config()
+  runs = grid.expand(sweep)
+  assert [r.name for r in runs] == [f"variant={name}" for name in attention_zoo.names()]
+  assert all(r.config.num_train_steps == 600 for r in runs)
+  with open(tmp_path / "sweep.json", "w", encoding="utf-8") as f:
+    json.dump(dict(table=sweep.table.to_dict(), runs=[
+        dict(name=r.name, labels=r.labels, overrides=r.overrides) for r in runs]), f)
+  records = [dict(step=100, steps_per_second=5.0, tokens_per_second=3000.0,
+                  train_step_memory_mib=45.67),
+             dict(step=200, steps_per_second=11.5, tokens_per_second=8000.4),
+             dict(step=300, steps_per_second=12.3, tokens_per_second=8200.0),
+             dict(step=300, final=True, test_exact_accuracy=0.9987,
+                  test_long_exact_accuracy=0.0642, test_loss=0.00131)]
+  os.makedirs(tmp_path / "variant=softmax")
+  (tmp_path / "variant=softmax" / "metrics.jsonl").write_text(
+      "".join(json.dumps(r) + "\n" for r in records))
+  text = report.write(str(tmp_path))
+  with open(os.path.join(REPO, "README.md"), encoding="utf-8") as f:
+    readme = f.read()
+  header = text.splitlines()[2]
+  assert header.startswith("| variant | exact-sequence accuracy (test) |") and header in readme
+  assert "| softmax | 0.999 | 0.064 | 0.0013 | 11.9 | 8,100 | 45.7 MiB |" in text
+  assert "| linear | pending | pending |" in text
+
+
+def test_a_child_runs_in_the_checkout_and_says_why_it_ended():
+  done = children.run("""
+      import json, os
+      import attention_zoo, configs, experiments  # from the checkout, its working directory
+      print(json.dumps([os.getcwd(), os.environ["AZ_TEST"]]))
+  """, env=dict(AZ_TEST="set"), timeout=120)
+  assert done.reason is None and done.last_json() == [REPO, "set"], done.stderr[-2000:]
+  assert children.run("import sys; sys.exit(3)").reason == "the process exited with code 3"
+  killed = children.run("import os, signal; os.kill(os.getpid(), signal.SIGTERM)")
+  assert killed.returncode == -15 and killed.reason == "the process was killed by SIGTERM"
+  assert children.exit_reason(-9, 0, 0, "the run's process") == (
+      "the run's process was killed by SIGKILL")
+  assert "out of memory" in children.exit_reason(-9, 2, 3) and "OOM" not in (
+      children.exit_reason(-9, None, 3))

@@ -90,6 +90,21 @@ def test_last_eval_batch_is_padded_with_empty_rows(data_dir):
   assert int((batches[-1]["target_lengths"] > 0).sum()) == 40 - 32
 
 
+def test_a_placement_gives_each_process_its_rows_and_the_mesh_its_lengths(data_dir):
+  """Process 1 of 2 gets the second half of every evaluation batch and every other
+  training example; lengths round up to the sequence axis's multiple."""
+  cfg = tiny.config(data_dir=data_dir).data
+  whole = data.load_task(cfg)
+  second = data.load_task(cfg, data.Placement(process=1, processes=2, length_multiple=4))
+  assert second.lengths == {s: tuple(-(-n // 4) * 4 for n in lengths)
+                            for s, lengths in whole.lengths.items()}
+  full = next(data.eval_batches(whole, cfg, "encoder_decoder", "validation"))
+  half = next(data.eval_batches(second, cfg, "encoder_decoder", "validation"))
+  np.testing.assert_array_equal(half["input_lengths"], full["input_lengths"][8:])
+  train = next(iter(data.train_dataset(second, cfg, "encoder_decoder", seed=0)))
+  assert train["inputs"].shape == (cfg.batch_size // 2, second.lengths["train"][0])
+
+
 def test_the_configs_default_data_builds(data_dir):
   """The default parameters name the builder's registered config (20,000 examples)."""
   from configs import copy as copy_config
@@ -103,18 +118,13 @@ def test_the_configs_default_data_builds(data_dir):
 def test_the_data_path_needs_no_tensorflow(tmp_path):
   """Builds a task and reads a training batch in a fresh process: TensorFlow is never
   imported (checked in sys.modules, so it holds whether or not TensorFlow is installed)."""
-  import os
-  import subprocess
-  import sys
-  repo = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-  code = (f"import sys; sys.path.insert(0, {repo!r})\n"
-          "from experiments import data\nfrom tests import tiny\n"
+  from experiments import children  # pylint: disable=import-outside-toplevel
+  code = ("import sys\nfrom experiments import data\nfrom tests import tiny\n"
           f"cfg = tiny.config(data_dir={str(tmp_path)!r}).data\n"
           "task = data.load_task(cfg)\n"
           "batch = next(iter(data.train_dataset(task, cfg, 'encoder_decoder', seed=0)))\n"
           "assert batch['inputs'].shape == (cfg.batch_size, task.lengths['train'][0])\n"
           "imported = {m.split('.')[0] for m, mod in sys.modules.items() if mod is not None}\n"
           "assert 'tensorflow' not in imported, 'the data path imported tensorflow'\n")
-  result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
-                          timeout=300)
+  result = children.run(code, timeout=300)
   assert result.returncode == 0, result.stderr[-2000:]

@@ -3,9 +3,6 @@
 import json
 import os
 import signal
-import subprocess
-import sys
-import textwrap
 
 import jax
 import numpy as np
@@ -13,10 +10,10 @@ import orbax.checkpoint as ocp
 import pytest
 
 import attention_zoo
-from experiments import default_job, metrics, train
+from configs.sweeps import default
+from experiments import children, metrics, train
 from tests import tiny
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 # Timings, and what a (re)started process logs once (compile time, memory, device count).
 TIMING = {"steps_per_second", "tokens_per_second", "process_peak_rss_mib", "compile_seconds",
           "train_step_memory_mib", "devices"}
@@ -41,7 +38,7 @@ def test_two_steps_per_variant(variant, data_dir, tmp_path):
 @pytest.mark.slow
 def test_softmax_learns_copy(data_dir, tmp_path):
   """The default job's softmax config: 600 steps, ~30 s on 2 CPU cores (measured 99.9%)."""
-  config = default_job.config("softmax")
+  config = default.config("softmax")
   config.data.data_dir, config.progress_bar = str(data_dir), False
   final = train.train_and_evaluate(config, str(tmp_path))
   assert final["test_exact_accuracy"] >= 0.9, final
@@ -50,9 +47,8 @@ def test_softmax_learns_copy(data_dir, tmp_path):
 def _kill_after(k, config_overrides, workdir, data_dir):
   """Runs in a child process that SIGKILLs itself once step k's checkpoint is on disk and
   two more steps have run (and been logged, unsaved)."""
-  code = textwrap.dedent(f"""
-      import os, signal, sys
-      sys.path.insert(0, {REPO!r})
+  code = f"""
+      import os, signal
       from experiments import checkpoints, train
       from tests import tiny
       save = checkpoints.Checkpoints.save
@@ -64,9 +60,8 @@ def _kill_after(k, config_overrides, workdir, data_dir):
       checkpoints.Checkpoints.save = save_then_die
       train.train_and_evaluate(tiny.config("softmax", {str(data_dir)!r}, **{config_overrides!r}),
                                {str(workdir)!r})
-  """)
-  return subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
-                        timeout=300)
+  """
+  return children.run(code, timeout=300)
 
 
 def _params(workdir, step):
@@ -128,9 +123,8 @@ def test_bad_configs_fail_before_training(override, message, tmp_path):
 
 
 def test_launch_rejects_misspelt_fields_and_unknown_variants(tmp_path):
-  run = lambda *flags: subprocess.run(
-      [sys.executable, "launch.py", "--config", "configs/copy.py", "--workdir",
-       str(tmp_path), *flags], cwd=REPO, capture_output=True, text=True, timeout=120)
+  run = lambda *flags: children.run(argv=[
+      "launch.py", "--config", "configs/copy.py", "--workdir", tmp_path, *flags], timeout=120)
   typo = run("--config.model.attentoin=linear")
   assert typo.returncode != 0 and 'Did you mean "attention"' in typo.stderr
   unknown = run("--config.model.attention=flash")

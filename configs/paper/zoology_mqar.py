@@ -20,6 +20,10 @@ Paper scale: V = 8192; training (L, N) = (64, 4), (128, 8), (256, 16), (256, 32)
 test (64, 4), (128, 8), (256, 16), (512, 64); widths 64, 128, 256, 512; learning rates
 1e-4 ... 1e-2 (4, log-spaced); 100K steps of batch 64. Not run here (no GPU).
 
+QUICK (`:quick`, the one measured here): REDUCED at width 64, one seed, 3,000 steps,
+without chunked (softmax computed blockwise, the same function): 8 runs, a first look
+in about an hour on 2 cores, far short of the steps softmax needs to reach 0.99.
+
 REDUCED: configs/mqar.py:reduced (V = 256, training (64, 4) and (128, 8), tests (64, 4),
 (128, 8) and (128, 16)) at widths 32 and 64, one learning rate, every registered variant
 that decodes (ring excluded: on one device it is softmax) and Performer. What was cut: the
@@ -43,15 +47,20 @@ def variants() -> dict:
 
 
 def get_config(scale: str = "paper", x_metric: str | None = "state_size"):
-  if scale not in ("paper", "reduced"):
-    raise ValueError(f"configs/paper/zoology_mqar.py:{scale}: choose paper or reduced")
-  c = mqar.get_config(scale)
-  widths = (64, 128, 256, 512) if scale == "paper" else (32, 64)
+  if scale not in ("paper", "reduced", "quick"):
+    raise ValueError(f"configs/paper/zoology_mqar.py:{scale}: choose paper, reduced or quick")
+  c = mqar.get_config("paper" if scale == "paper" else "reduced")
+  widths = {"paper": (64, 128, 256, 512), "reduced": (32, 64), "quick": (64,)}[scale]
   rates = (1e-4, 4.6e-4, 2.2e-3, 1e-2) if scale == "paper" else (c.optimizer.learning_rate,)
+  seeds = (0,) if scale == "quick" else (0, 1, 2)
+  chosen = variants()
+  if scale == "quick":
+    c.num_train_steps = 3_000
+    del chosen["chunked"]  # softmax computed blockwise: the same function (tested), twice the time
   splits = [f"test_L{length}_N{pairs}_accuracy" for length, pairs in c.data.mqar_test_pairs]
   return base.sweep(
-      c, axes=[("variant", variants()), ("model.d_model", widths),
-               ("optimizer.learning_rate", rates), ("seed", (0, 1, 2))],
+      c, axes=[("variant", chosen), ("model.d_model", widths),
+               ("optimizer.learning_rate", rates), ("seed", seeds)],
       rows=["variant"], columns="model.d_model", best_over="optimizer.learning_rate",
       metrics=("test_accuracy", *splits), curves=("train_loss", "validation_accuracy"),
       x_axis="model.d_model", x_metric=x_metric)

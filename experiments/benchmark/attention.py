@@ -14,9 +14,9 @@ import itertools
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 
 import attention_zoo
+from experiments import tables
 from experiments.benchmark import measure, peers
 
 # Variants whose work is the dense T·S product (possibly skipping causal blocks), so that
@@ -86,18 +86,14 @@ def run(config) -> list[dict]:
 
 def summary_table(rows: list[dict]) -> str:
   """Markdown, one row per measurement."""
-  lines = ["| variant | T | causal | mode | median ms (min-max) | vs jax | GFLOP/s | % of peak | "
-           "memory MiB | compile s |", "|---|---|---|---|---|---|---|---|---|---|"]
-  for r in rows:
-    time = (f"{r['median_ms']:.1f} ({r['min_ms']:.1f}-{r['max_ms']:.1f})" if r["median_ms"]
-            else r["status"])
-    fmt = lambda x, f: "—" if x is None else format(x, f)
-    lines.append(f"| {r['variant']} | {r['length']} | {r['causal']} | {r['mode']} | {time} | "
-                 f"{fmt(r['speedup_vs_jax'], '.2f')}{'x' if r['speedup_vs_jax'] else ''} | "
-                 f"{fmt(r['gflops'], '.0f')} | "
-                 f"{fmt(r['peak_fraction'] and 100 * r['peak_fraction'], '.0f')} | "
-                 f"{fmt(r['memory_mib'], ',.1f')} | {fmt(r['compile_seconds'], '.2f')} |")
-  return "\n".join(lines)
+  return tables.markdown(
+      ["variant", "T", "causal", "mode", "median ms (min-max)", "vs jax", "GFLOP/s", "% of peak",
+       "memory MiB", "compile s"],
+      [[r["variant"], r["length"], r["causal"], r["mode"], measure.time_range(r),
+        tables.number(r["speedup_vs_jax"], ".2f", "x"), tables.number(r["gflops"], ".0f"),
+        tables.number(r["peak_fraction"] and 100 * r["peak_fraction"], ".0f"),
+        tables.number(r["memory_mib"], ",.1f"), tables.number(r["compile_seconds"], ".2f")]
+       for r in rows])
 
 
 def plot(rows: list[dict], directory: str) -> list[str]:

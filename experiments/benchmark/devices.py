@@ -8,17 +8,14 @@ compiled train step per device, and the process's peak resident memory.
 
 from __future__ import annotations
 
-import json
 import os
 import statistics
-import subprocess
-import sys
 import tempfile
 
-REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+from experiments import children, tables
+
 CHILD = """
-import json, sys
-sys.path.insert(0, {repo!r})
+import json
 import ml_collections
 from experiments import metrics, train
 config = ml_collections.ConfigDict(json.loads({config!r}))
@@ -40,13 +37,10 @@ def run_case(config, devices: int, mesh: str, data_dir: str) -> dict:
   c = case_config(config, devices, mesh)
   c.data.data_dir = data_dir
   with tempfile.TemporaryDirectory() as workdir:
-    env = dict(os.environ, XLA_FLAGS=f"--xla_force_host_platform_device_count={devices}")
-    done = subprocess.run([sys.executable, "-c", CHILD.format(
-        repo=REPO, config=c.to_json(), workdir=workdir)], env=env, capture_output=True,
-                          text=True, check=False)
-  if done.returncode:
+    done = children.run(CHILD.format(config=c.to_json(), workdir=workdir), devices=devices)
+  if done.reason:
     return dict(devices=devices, mesh=mesh, status=f"failed: {done.stderr.strip()[-300:]}")
-  records = json.loads(done.stdout.strip().splitlines()[-1])
+  records = done.last_json()
   timed = [r for r in records if "steps_per_second" in r][1:]  # the first holds warm-up
   first = next(r for r in records if "train_step_memory_mib" in r)
   step_ms = statistics.median(1000 / r["steps_per_second"] for r in timed)
@@ -57,7 +51,7 @@ def run_case(config, devices: int, mesh: str, data_dir: str) -> dict:
 
 
 def run(config):
-  data_dir = os.path.expanduser(config.experiment.data.data_dir)
+  data_dir = os.path.abspath(os.path.expanduser(config.experiment.data.data_dir))
   rows = [run_case(config, n, mesh, data_dir) for mesh in config.meshes
           for n in config.device_counts]
   return rows, table(rows)
@@ -65,16 +59,16 @@ def run(config):
 
 def table(rows) -> str:
   base = {r["mesh"].split("=")[0]: r for r in rows if r["devices"] == 1 and r["status"] == "ok"}
-  lines = ["| devices | mesh | step (ms) | vs 1 device | XLA memory per device (MiB) | "
-           "vs 1 device | process peak RSS (MiB) | train loss at the end |",
-           "|---|---|---|---|---|---|---|---|"]
+  body = []
   for r in rows:
     if r["status"] != "ok":
-      lines.append(f"| {r['devices']} | {r['mesh']} | {r['status']} | | | | | |")
+      body.append([r["devices"], r["mesh"], r["status"], *[""] * 5])
       continue
     one = base.get(r["mesh"].split("=")[0])
-    ratio = lambda k, one=one, r=r: f"{r[k] / one[k]:.2f}x" if one else "—"
-    lines.append(f"| {r['devices']} | {r['mesh']} | {r['step_ms']:.1f} | {ratio('step_ms')} | "
-                 f"{r['memory_per_device_mib']:.1f} | {ratio('memory_per_device_mib')} | "
-                 f"{r['process_peak_rss_mib']:.0f} | {r['final_train_loss']:.4f} |")
-  return "\n".join(lines)
+    ratio = lambda k, one=one, r=r: tables.number(one and r[k] / one[k], ".2f", "x")
+    body.append([r["devices"], r["mesh"], f"{r['step_ms']:.1f}", ratio("step_ms"),
+                 f"{r['memory_per_device_mib']:.1f}", ratio("memory_per_device_mib"),
+                 f"{r['process_peak_rss_mib']:.0f}", f"{r['final_train_loss']:.4f}"])
+  return tables.markdown(["devices", "mesh", "step (ms)", "vs 1 device",
+                          "XLA memory per device (MiB)", "vs 1 device", "process peak RSS (MiB)",
+                          "train loss at the end"], body)

@@ -59,6 +59,13 @@ def measure(fn, args, *, repeats: int, seconds: float, budget_bytes: int) -> Mea
                              max_ms=max(times), runs=len(times))
 
 
+def time_range(row: dict) -> str:
+  """A measurement's median time with its range, "1.2 (1.0-2.5)" (ms), or its status."""
+  if not row["median_ms"]:
+    return row["status"]
+  return f"{row['median_ms']:.1f} ({row['min_ms']:.1f}-{row['max_ms']:.1f})"
+
+
 def timed_runs(first_ms: float, repeats: int, seconds: float) -> int:
   """`repeats`, or fewer (at least one) if they would take longer than `seconds`."""
   return max(1, min(repeats, int(1e3 * seconds / first_ms)))

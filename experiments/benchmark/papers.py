@@ -10,17 +10,17 @@ import functools
 
 import jax
 import jax.numpy as jnp
-import ml_collections
 import numpy as np
 import optax
-from flax import nnx
 
 import attention_zoo
-from configs import base
-from experiments import objectives, train
+from attention_zoo import registry
+from experiments import objectives, optimizer, train
+from experiments import tables
 from experiments.benchmark import measure
 from experiments.benchmark.attention import parse_variant
-from experiments.model import Transformer
+from experiments.model import TransformerConfig
+from experiments.train_state import TrainState
 
 # Rabe & Staats, "Self-attention Does Not Need O(n^2) Memory" (2021), Tables 2 and 3, at
 # n = 2^14 on one TPUv3 with bf16 inputs (the abstract: 59x and 32x less memory).
@@ -66,27 +66,27 @@ def rabe_staats(config) -> tuple[list[dict], str]:
 
 
 def _rabe_staats_table(rows, config) -> str:
-  fmt = lambda v, f, unit="": "—" if v is None else format(v, f) + unit
-  speed = lambda v: "—" if v is None else f"{100 * v:+.0f}%"
-  lines = [f"Memory overhead (XLA temporaries) and relative speed of chunked vs standard "
-           f"attention; ours: {config.dtype}, head dim {config.head_dim}, one head, "
-           f"{jax.devices()[0].device_kind}; paper: bf16 on one TPUv3. Speed: how much faster "
-           "chunked runs than standard (negative: slower).", "",
-           "| n | inference: standard | chunked | ratio (paper) | differentiation: standard | "
-           "chunked | ratio (paper) | speed, inference (paper) | speed, differentiation (paper) |",
-           "|---|---|---|---|---|---|---|---|---|"]
+  speed = lambda v: tables.number(v and 100 * v, "+.0f", "%")
+  body = []
   for r in rows:
     paper = RABE_STAATS.get(r["n"], {})
     cells = [f"2^{int(np.log2(r['n']))}"]
     for mode in ("inference", "differentiation"):
       std, eff = r[f"standard_{mode}_mib"], r[f"efficient_{mode}_mib"]
-      theirs = (f"{paper[f'standard_{mode}'] / paper[f'efficient_{mode}']:.0f}x"
-                if paper else "—")
+      theirs = tables.number(paper[f"standard_{mode}"] / paper[f"efficient_{mode}"]
+                             if paper else None, ".0f", "x")
       cells += [f"{std:,.1f} MiB", f"{eff:,.2f} MiB", f"{std / max(eff, 1e-9):,.0f}x ({theirs})"]
     for mode in ("inference", "differentiation"):
       cells.append(f"{speed(r.get(f'{mode}_speed'))} ({speed(paper.get(f'{mode}_speed'))})")
-    lines.append("| " + " | ".join(cells) + " |")
-  return "\n".join(lines)
+    body.append(cells)
+  return "\n".join([
+      f"Memory overhead (XLA temporaries) and relative speed of chunked vs standard "
+      f"attention; ours: {config.dtype}, head dim {config.head_dim}, one head, "
+      f"{jax.devices()[0].device_kind}; paper: bf16 on one TPUv3. Speed: how much faster "
+      "chunked runs than standard (negative: slower).", "",
+      tables.markdown(["n", "inference: standard", "chunked", "ratio (paper)",
+                       "differentiation: standard", "chunked", "ratio (paper)",
+                       "speed, inference (paper)", "speed, differentiation (paper)"], body)])
 
 
 def lra_efficiency(config) -> tuple[list[dict], str]:
@@ -109,37 +109,24 @@ def lra_efficiency(config) -> tuple[list[dict], str]:
 
 def _lra_train_step(config, name, options, length):
   """One training step of the byte-level classifier (a one-token seq2seq answer)."""
-  # The benchmark's model fields over the defaults of every other model field.
-  c = ml_collections.ConfigDict({**base.get_config().model.to_dict(), **config.model.to_dict()})
-  c.attention = name
-  c.options = {n: {**attention_zoo.options(n), **(options if n == name else {})}
-               for n in attention_zoo.names()}
-  model_cfg = train.model_config(ml_collections.ConfigDict({"model": c}), vocab_size=259)
-  graphdef, params = nnx.split(Transformer(model_cfg, rngs=nnx.Rngs(0)))
-  tx = train.optimizer(ml_collections.ConfigDict(dict(
-      name="adamw", weight_decay=0.0, b1=0.9, b2=0.98, grad_clip=1.0)),
-                         optax.constant_schedule(1e-3))
+  model = TransformerConfig(  # config.model's fields over the model's defaults
+      vocab_size=259, **{**config.model.to_dict(), "attention": name},
+      attention_options=((name, registry.frozen(options)),))
+  tx = optimizer.get_optimizer("adamw", optax.constant_schedule(1e-3), b1=0.9, b2=0.98,
+                               weight_decay=0.0, grad_clip=1.0)
+  state = TrainState.create(model, tx, seed=0)
   B = config.batch_size
-  state = dict(step=jnp.zeros((), jnp.int32), params=params, opt_state=tx.init(params),
-               nonfinite_step=jnp.full((), -1, jnp.int32))
   batch = dict(inputs=jax.random.randint(jax.random.key(1), (B, length), 3, 259),
                input_lengths=jnp.full((B,), length, jnp.int32),
                decoder_inputs=jnp.ones((B, 1), jnp.int32), targets=jnp.full((B, 1), 3, jnp.int32),
                target_lengths=jnp.ones((B,), jnp.int32))
-  return functools.partial(train.train_step, graphdef, tx, objectives.SEQ2SEQ,
-                           jax.random.key(0)), (state, batch)
+  return functools.partial(train.train_step, objectives.SEQ2SEQ, jax.random.key(0)), (state, batch)
 
 
 def _lra_table(rows, config) -> str:
   by = {(r["variant"], r["length"]): r for r in rows}
   m = config.model
-  lines = [f"Train step of a {m.num_encoder_layers}-layer encoder (d={m.d_model}, "
-           f"{m.num_heads} heads, MLP {m.d_ff}), batch {config.batch_size}, "
-           f"on {jax.devices()[0].device_kind}; relative to softmax at the same length. "
-           "Paper: batch 32 on TPU V3.", "",
-           "| variant | " + " | ".join(f"{_k(L)} steps/s (paper)" for L in config.lengths)
-           + " | " + " | ".join(f"{_k(L)} memory (paper)" for L in config.lengths) + " |",
-           "|---|" + "---|" * (2 * len(config.lengths))]
+  body = []
   for spec in config.variants:
     speed, memory = [], []
     for L in config.lengths:
@@ -157,8 +144,14 @@ def _lra_table(rows, config) -> str:
                          paper and f"{paper[0]}x"))
       memory.append(_cell(ratio(r["memory_mib"], base["memory_mib"]), "{:.2f}x",
                           paper and f"{paper[1] / LRA_SOFTMAX[4096][1]:.2f}x"))
-    lines.append(f"| {spec} | " + " | ".join(speed + memory) + " |")
-  return "\n".join(lines)
+    body.append([spec, *speed, *memory])
+  return "\n".join([
+      f"Train step of a {m.num_encoder_layers}-layer encoder (d={m.d_model}, "
+      f"{m.num_heads} heads, MLP {m.d_ff}), batch {config.batch_size}, "
+      f"on {jax.devices()[0].device_kind}; relative to softmax at the same length. "
+      "Paper: batch 32 on TPU V3.", "",
+      tables.markdown(["variant", *(f"{_k(L)} steps/s (paper)" for L in config.lengths),
+                       *(f"{_k(L)} memory (paper)" for L in config.lengths)], body)])
 
 
 def _k(length: int) -> str:
@@ -166,4 +159,4 @@ def _k(length: int) -> str:
 
 
 def _cell(value, fmt, paper) -> str:
-  return ("—" if value is None else fmt.format(value)) + f" ({paper or '—'})"
+  return (tables.MISSING if value is None else fmt.format(value)) + f" ({paper or tables.MISSING})"

@@ -16,6 +16,7 @@ import jax
 import jax.numpy as jnp
 
 import attention_zoo
+from experiments import tables
 from experiments.benchmark import measure
 
 
@@ -91,13 +92,10 @@ def run(config):
 
 def summary_table(rows) -> str:
   """Markdown, one row per measurement."""
-  fmt = lambda x, f, unit="": "—" if x is None else format(x, f) + unit
-  lines = ["| variant | T | mode | median ms (min-max) | vs scan | vs chunked | memory MiB | "
-           "compile s |", "|---|---|---|---|---|---|---|---|"]
-  for r in rows:
-    time = (f"{r['median_ms']:.1f} ({r['min_ms']:.1f}-{r['max_ms']:.1f})" if r["median_ms"]
-            else r["status"])
-    lines.append(f"| {r['variant']} | {r['length']} | {r['mode']} | {time} | "
-                 f"{fmt(r['vs_scan'], '.1f', 'x')} | {fmt(r['vs_chunked'], '.1f', 'x')} | "
-                 f"{fmt(r['memory_mib'], ',.1f')} | {fmt(r['compile_seconds'], '.2f')} |")
-  return "\n".join(lines)
+  return tables.markdown(
+      ["variant", "T", "mode", "median ms (min-max)", "vs scan", "vs chunked", "memory MiB",
+       "compile s"],
+      [[r["variant"], r["length"], r["mode"], measure.time_range(r),
+        tables.number(r["vs_scan"], ".1f", "x"), tables.number(r["vs_chunked"], ".1f", "x"),
+        tables.number(r["memory_mib"], ",.1f"), tables.number(r["compile_seconds"], ".2f")]
+       for r in rows])

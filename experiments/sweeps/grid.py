@@ -12,20 +12,14 @@ from __future__ import annotations
 
 import dataclasses
 import itertools
-import json
-import os
 import re
-import subprocess
-import sys
 
 import ml_collections
 
-from experiments import checks, footprint, parallel
+from experiments import checks, children, footprint, parallel
 
-REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 # Run in a child process: JAX started here would hold the accelerator (a TPU admits one
 # process; a GPU loses most of its memory to the first) that the runs' processes need.
-# (`python -c` imports from its working directory, the checkout.)
 _PROBE = ("import json; import jax; from experiments import footprint; "
           "print(json.dumps([jax.device_count(), footprint.device_memory()]))")
 
@@ -106,12 +100,11 @@ def expand(sweep) -> list[Run]:
 def check_devices(runs: list[Run]) -> None:
   """What needs the devices, for every run before the first starts: the mesh against the
   device count, batches against the mesh, the model against a device's memory."""
-  probe = subprocess.run([sys.executable, "-c", _PROBE], cwd=REPO, capture_output=True,
-                         text=True, timeout=600, check=False)
-  if probe.returncode:
-    raise RuntimeError(f"could not list the devices for the sweep's checks:\n"
+  probe = children.run(_PROBE, timeout=600)
+  if probe.reason:
+    raise RuntimeError(f"could not list the devices for the sweep's checks ({probe.reason}):\n"
                        f"{probe.stderr[-2000:]}")
-  count, memory = json.loads(probe.stdout.strip().splitlines()[-1])
+  count, memory = probe.last_json()
   for run in runs:
     try:
       shape = parallel.mesh_shape(run.config.mesh, count)

@@ -1,8 +1,12 @@
 """A sweep's table and plots, read from sweep.json and its runs' metrics.jsonl files only.
 
 Runs that differ only on the `over` axis (seeds) are one cell: mean ± sample standard
-deviation, with n. Written to the sweep's workdir: table.md, table.csv, curves.png and,
-when the sweep has an `x_axis`, <metric>_vs_<axis>.png.
+deviation, with n. A run's figure for a metric is its final record's; a metric the final
+record lacks (steps_per_second, train_step_memory_mib) is the mean of the values the run
+logged, after the first where there are more (the first interval includes compilation).
+The table's optional `headers` ({metric: column title}) and `formats` ({metric: "{:.3f}"})
+set how a metric is shown. Written to the sweep's workdir: table.md, table.csv, curves.png
+and, when the sweep has an `x_axis`, <metric>_vs_<axis>.png.
 """
 
 from __future__ import annotations
@@ -16,7 +20,7 @@ matplotlib.use("Agg")  # files only, no display
 import matplotlib.pyplot as plt  # pylint: disable=wrong-import-position
 import numpy as np  # pylint: disable=wrong-import-position
 
-from experiments import metrics  # pylint: disable=wrong-import-position
+from experiments import metrics, tables  # pylint: disable=wrong-import-position
 
 
 def load(workdir: str) -> tuple[dict, list[dict]]:
@@ -62,18 +66,30 @@ def best(table: dict, group: list[dict]) -> list[dict]:
   return max(by.values(), key=score)
 
 
+def value(run: dict, metric: str) -> float | None:
+  """A finished run's figure for `metric`: its final record's, else the mean of what it
+  logged (leaving out the first value where there are more), else None."""
+  if not run["final"]:
+    return None
+  if isinstance(run["final"].get(metric), (int, float)):
+    return run["final"][metric]
+  logged = [r[metric] for r in run["records"]
+            if isinstance(r.get(metric), (int, float)) and not r.get("final")]
+  logged = logged[1:] or logged
+  return float(np.mean(logged)) if logged else None
+
+
 def summary(runs: list[dict], metric: str, scale: float = 1.0) -> dict:
-  values = [r["final"][metric] * scale for r in runs
-            if r["final"] and isinstance(r["final"].get(metric), (int, float))]
+  values = [v * scale for v in (value(r, metric) for r in runs) if v is not None]
   return dict(mean=float(np.mean(values)) if values else None,
               std=float(np.std(values, ddof=1)) if len(values) > 1 else 0.0,
               n=len(values), of=len(runs), failed=sum(r["failed"] for r in runs))
 
 
-def _format(s: dict, digits: int = 4) -> str:
+def _format(s: dict, template: str = "{:.4f}") -> str:
   if s["mean"] is None:
     return "failed" if s["failed"] else "pending"
-  text = f"{s['mean']:.{digits}f}" + (f" ± {s['std']:.{digits}f}" if s["n"] > 1 else "")
+  text = template.format(s["mean"]) + (f" ± {template.format(s['std'])}" if s["n"] > 1 else "")
   missing = s["of"] - s["n"]
   return text + (f" ({s['n']} of {s['of']}; {s['failed']} failed)" if missing else "")
 
@@ -90,17 +106,19 @@ def markdown(table: dict, runs: list[dict]) -> str:
   head = " / ".join(table["rows"])
   over = (f"mean ± std over {seeds} {table['over']}s" if table["over"] and seeds > 1
           else "one run each")
+  header = lambda metric: (table.get("headers") or {}).get(metric, metric)
+  shown = lambda s, metric: _format(s, (table.get("formats") or {}).get(metric, "{:.4f}"))
   parts = []
   if table["columns"]:
     for metric in table["metrics"]:
-      parts.append(f"**{metric}** ({over}; columns: {table['columns']})\n")
-      parts.append(_md_table([head, *columns], [
-          [_row_name(row), *(_format(summary(groups[row, c], metric)) for c in columns)]
+      parts.append(f"**{header(metric)}** ({over}; columns: {table['columns']})\n")
+      parts.append(_markdown([head, *columns], [
+          [_row_name(row), *(shown(summary(groups[row, c], metric), metric) for c in columns)]
           for row in rows]))
   else:
     parts.append(f"({over})\n")
-    parts.append(_md_table([head, *table["metrics"]], [
-        [_row_name(row), *(_format(summary(groups[row, None], m)) for m in table["metrics"])]
+    parts.append(_markdown([head, *map(header, table["metrics"])], [
+        [_row_name(row), *(shown(summary(groups[row, None], m), m) for m in table["metrics"])]
         for row in rows]))
   if table.get("published"):
     parts.append(published_table(table, groups, rows, columns))
@@ -118,16 +136,14 @@ def published_table(table: dict, groups: dict, rows: list, columns: list) -> str
     for column in columns:
       ours = summary(groups[row, column], p["metric"], p["scale"])
       theirs = p["values"].get(_row_name(row))
-      body.append([_row_name(row) + (f" ({column})" if column else ""), _format(ours, 2),
-                   "—" if theirs is None else f"{theirs:.2f}"])
-  lines.append(_md_table([" / ".join(table["rows"]), "ours", "published"], body))
+      body.append([_row_name(row) + (f" ({column})" if column else ""),
+                   _format(ours, "{:.2f}"), tables.number(theirs, ".2f")])
+  lines.append(_markdown([" / ".join(table["rows"]), "ours", "published"], body))
   return "\n".join(lines)
 
 
-def _md_table(header: list, body: list) -> str:
-  lines = ["| " + " | ".join(map(str, header)) + " |", "|" + "---|" * len(header)]
-  lines += ["| " + " | ".join(map(str, row)) + " |" for row in body]
-  return "\n".join(lines) + "\n"
+def _markdown(header: list, body: list) -> str:
+  return tables.markdown(header, body) + "\n"  # a blank line before what follows
 
 
 def write_csv(path: str, table: dict, runs: list[dict]) -> None:

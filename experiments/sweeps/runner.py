@@ -9,18 +9,15 @@ which line), and never stops the sweep.
 
 from __future__ import annotations
 
-import ctypes
 import json
-import multiprocessing
 import os
-import signal
 import sys
 import time
 import traceback
 
 import tqdm
 
-from experiments import metrics, train
+from experiments import children, metrics, train
 from experiments.sweeps import grid
 
 FAILURE = "failure.json"
@@ -48,9 +45,8 @@ def _last_step(workdir: str) -> int:
   return max((r["step"] for r in _records(workdir)), default=0)
 
 
-def _train_in_child(config, workdir: str, parent: int) -> None:
+def _train_in_child(config, workdir: str) -> None:
   """The body of a run's process: output to log.txt, failure.json on an exception."""
-  _die_with_parent(parent)
   os.makedirs(workdir, exist_ok=True)
   log = os.open(os.path.join(workdir, "log.txt"), os.O_WRONLY | os.O_CREAT | os.O_APPEND)
   os.dup2(log, 1), os.dup2(log, 2)
@@ -62,17 +58,6 @@ def _train_in_child(config, workdir: str, parent: int) -> None:
     traceback.print_exc()
     _record_failure(workdir, f"{type(e).__name__}: {e}", traceback.format_exc())
     sys.exit(1)
-
-
-def _die_with_parent(parent: int) -> None:
-  """Linux: the kernel kills this process if the sweep's process dies, even by SIGKILL, so a
-  re-launched sweep never finds an orphan still writing the same workdir."""
-  try:
-    ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
-  except (OSError, AttributeError):
-    return
-  if os.getppid() != parent:
-    os._exit(1)
 
 
 def _record_failure(workdir: str, error: str, details: str = "") -> None:
@@ -108,7 +93,6 @@ def run_all(sweep, workdir: str, runs: list[grid.Run]) -> dict[str, str]:
         os.remove(failure)
   states = {run.name: status(os.path.join(workdir, run.name)) for run in runs}
   pending = [run for run in runs if states[run.name] == "pending"]
-  context = multiprocessing.get_context("spawn")  # JAX is not fork-safe
   running: dict[str, tuple] = {}
   steps = {run.name: _last_step(os.path.join(workdir, run.name)) for run in runs}
   progress = tqdm.tqdm(total=sum(run.config.num_train_steps for run in runs), unit="step",
@@ -119,10 +103,9 @@ def run_all(sweep, workdir: str, runs: list[grid.Run]) -> dict[str, str]:
       while pending and len(running) < sweep.parallel:
         run = pending.pop(0)
         run_dir = os.path.join(workdir, run.name)
-        process = context.Process(target=_train_in_child, args=(run.config, run_dir, os.getpid()),
-                                  name=run.name)
-        process.start()
-        running[run.name] = (process, run_dir, _oom_kills())
+        oom_kills = children.oom_kills()
+        running[run.name] = (children.spawn(_train_in_child, run.config, run_dir, name=run.name),
+                             run_dir, oom_kills)
       time.sleep(POLL_SECONDS)
       for name, (process, run_dir, oom_kills) in list(running.items()):
         steps[name] = _last_step(run_dir)  # only running runs move
@@ -130,7 +113,8 @@ def run_all(sweep, workdir: str, runs: list[grid.Run]) -> dict[str, str]:
           continue
         del running[name]
         if process.exitcode != 0 and not os.path.exists(os.path.join(run_dir, FAILURE)):
-          _record_failure(run_dir, _exit_reason(process.exitcode, oom_kills, _oom_kills()))
+          _record_failure(run_dir, children.exit_reason(process.exitcode, oom_kills,
+                                                        children.oom_kills(), "the run's process"))
         states[name] = status(run_dir)
         write_results(workdir, runs)
         if states[name] == "failed":
@@ -147,42 +131,6 @@ def run_all(sweep, workdir: str, runs: list[grid.Run]) -> dict[str, str]:
     progress.close()
   write_results(workdir, runs)
   return states
-
-
-def _exit_reason(code: int, oom_before: int | None, oom_after: int | None) -> str:
-  """Why a run's process ended: its exit code, or the signal that killed it, and out of
-  memory only where the kernel counted an out-of-memory kill meanwhile."""
-  if code >= 0:
-    return f"the run's process exited with code {code}"
-  try:
-    name = signal.Signals(-code).name
-  except ValueError:
-    name = f"signal {-code}"
-  oom = (oom_before is not None and oom_after is not None and oom_after > oom_before)
-  return (f"the run's process was killed by {name}" + (
-      f" (out of memory: the kernel's OOM killer killed {oom_after - oom_before} process(es) "
-      f"in this cgroup while it ran)" if oom else ""))
-
-
-def _oom_kills() -> int | None:
-  """The kernel's count of out-of-memory kills in this process's memory cgroup (v2's
-  memory.events or v1's memory.oom_control), or None where neither can be read."""
-  try:
-    with open("/proc/self/cgroup", encoding="utf-8") as f:
-      v2 = next((line.split(":", 2)[2].strip() for line in f if line.startswith("0::")), "/")
-  except OSError:
-    v2 = "/"
-  for path in (os.path.join("/sys/fs/cgroup", v2.lstrip("/"), "memory.events"),
-               "/sys/fs/cgroup/memory/memory.oom_control"):
-    try:
-      with open(path, encoding="utf-8") as f:
-        for line in f:
-          key, _, value = line.partition(" ")
-          if key == "oom_kill":
-            return int(value)
-    except (OSError, ValueError):
-      continue
-  return None
 
 
 def _error(run_dir: str) -> str:

@@ -75,6 +75,23 @@ def config_for(min_length, max_length, num_train, num_eval, seed, max_depth=10, 
                        num_eval=num_eval, seed=seed)
 
 
+def builder_config(cfg) -> ListOpsConfig:
+  """The builder config of a config.data block."""
+  return config_for(cfg.min_length, cfg.max_length, cfg.num_train, cfg.num_eval, cfg.data_seed)
+
+
+def lengths(cfg) -> dict:
+  """split -> (longest input, the answer + EOS)."""
+  return {s: (cfg.max_length, 2) for s in ("train", "validation", "test")}
+
+
+def check(cfg) -> None:
+  if not 1 <= cfg.min_length < cfg.max_length - 1:
+    raise ValueError(f"config.data: ListOps keeps lengths strictly between min_length and "
+                     f"max_length, so they need 1 <= min_length < max_length - 1, got "
+                     f"{cfg.min_length}, {cfg.max_length}")
+
+
 class ZooListOps(tfds.core.GeneratorBasedBuilder):
   """LRA's ListOps as seq2seq: the expression's tokens -> its value (one digit)."""
 

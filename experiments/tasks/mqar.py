@@ -58,6 +58,34 @@ def test_split(length: int, pairs: int) -> str:
   return f"test_L{length}_N{pairs}"
 
 
+def builder_config(cfg) -> MQARConfig:
+  """The builder config of a config.data block."""
+  return config_for(cfg.vocab_size, cfg.mqar_train_pairs, cfg.mqar_test_pairs, cfg.num_train,
+                    cfg.num_eval, cfg.data_seed, cfg.random_non_queries)
+
+
+def lengths(cfg) -> dict:
+  """split -> (sequence length, 0): one sequence, its own labels."""
+  longest = max(length for length, _ in cfg.mqar_train_pairs)
+  return {"train": (longest, 0), "validation": (longest, 0),
+          **{test_split(*pair): (pair[0], 0) for pair in cfg.mqar_test_pairs}}
+
+
+def test_splits(cfg) -> tuple[str, ...]:
+  """A test split per (L, N) pair, pooled as `test_*`."""
+  return tuple(test_split(*pair) for pair in cfg.mqar_test_pairs)
+
+
+def check_config(cfg) -> None:
+  """Every (L, N) pair of a config.data block fits zoology's constraints (`check`)."""
+  for field in ("mqar_train_pairs", "mqar_test_pairs"):
+    for length, pairs in cfg[field]:
+      try:
+        check(cfg.vocab_size, length, pairs)
+      except ValueError as e:
+        raise ValueError(f"config.data.{field}: {e}") from None
+
+
 def example(rng: np.random.Generator, vocab_size: int, length: int, pairs: int,
             random_non_queries: bool = False) -> tuple[np.ndarray, np.ndarray]:
   """(tokens [L], labels [L]) of one MQAR sequence; labels -1 where there is nothing to recall."""

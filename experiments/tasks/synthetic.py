@@ -48,6 +48,26 @@ def config_for(vocab_size, min_length, max_length, long_max_length, num_train, n
                          num_train=num_train, num_eval=num_eval, seed=seed)
 
 
+def builder_config(cfg) -> SyntheticConfig:
+  """The builder config of a config.data block."""
+  return config_for(cfg.vocab_size, cfg.min_length, cfg.max_length, cfg.long_max_length,
+                    cfg.num_train, cfg.num_eval, cfg.data_seed)
+
+
+def lengths(builder_cls, cfg) -> dict:
+  """split -> (longest input, longest target + EOS) of a config.data block."""
+  short, long = (builder_cls.max_lengths(n) for n in (cfg.max_length, cfg.long_max_length))
+  return {**{s: (short[0], short[1] + 1) for s in ("train", "validation", "test")},
+          "test_long": (long[0], long[1] + 1)}
+
+
+def check(cfg) -> None:
+  if not 1 <= cfg.min_length <= cfg.max_length < cfg.long_max_length:
+    raise ValueError(f"config.data lengths must satisfy 1 <= min_length <= max_length < "
+                     f"long_max_length, got {cfg.min_length}, {cfg.max_length}, "
+                     f"{cfg.long_max_length}")
+
+
 class _SyntheticTask(tfds.core.GeneratorBasedBuilder):
   """Base: subclasses define `example(rng, length) -> (inputs, targets)` and `vocab_size`."""
 

@@ -16,6 +16,23 @@ WORDS = ("the quick brown fox jumps over lazy dog attention is all you need ever
          "shares one interface and one loop small models learn copy tasks quickly").split()
 
 
+def lengths(cfg) -> dict:
+  """split -> (bytes per source, bytes per target + EOS); the dataset may lack some split."""
+  return {s: (cfg.max_input_length, cfg.max_target_length + 1)
+          for s in ("train", "validation", "test")}
+
+
+def to_symbols(cfg):
+  """example -> (source bytes, target bytes), the features config.data names."""
+  return lambda e: tuple(np.frombuffer(e[k], np.uint8) for k in (cfg.input_key, cfg.target_key))
+
+
+def check(cfg) -> None:
+  if not cfg.tfds_name:
+    raise ValueError("config.data.task='text' needs config.data.tfds_name (a TFDS text-pair "
+                     "dataset, e.g. wmt14_translate/de-en, or zoo_tiny_text_pairs)")
+
+
 def pig_latin(word: str) -> str:
   vowels = "aeiou"
   cut = next((i for i, c in enumerate(word) if c in vowels), len(word))
