@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+from typing import Callable, NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -34,7 +35,8 @@ DEFAULT_KEY_CHUNK_SIZE = 256
 def chunked_attention(query, key, value, bias=None, mask=None, *, scale=None, is_causal=False,
                       query_seq_lengths=None, key_value_seq_lengths=None,
                       local_window_size=None, segment_ids=None, logit_soft_cap=None,
-                      sinks=None, query_chunk_size=DEFAULT_QUERY_CHUNK_SIZE,
+                      sinks=None, score_mod=None, mask_mod=None,
+                      query_chunk_size=DEFAULT_QUERY_CHUNK_SIZE,
                       key_chunk_size=DEFAULT_KEY_CHUNK_SIZE):
   """Equal to `softmax` (to float32 rounding) on every argument, in O(T + S) memory.
 
@@ -42,7 +44,12 @@ def chunked_attention(query, key, value, bias=None, mask=None, *, scale=None, is
   and masked; so are blocks in which no query shares a segment with any key (`segment_ids`:
   decided once per call from each block's smallest and largest id, see `_visits`).
   `logit_soft_cap` and `sinks` as in `softmax` (the sinks join each row's normaliser once,
-  after its last key block). Lengths need not be multiples of the chunk sizes, and chunk sizes above
+  after its last key block). `score_mod(score, b, h, q_idx, kv_idx)` and
+  `mask_mod(b, h, q_idx, kv_idx)` (FlexAttention's; see attention_zoo/mods.py) are applied
+  block by block with broadcast index arrays, never on a [T, S] array; gradients reach the
+  arrays a score_mod captures (its closure is converted into explicit arguments). Blocks
+  where mask_mod is False everywhere are skipped: which, is decided once per call by
+  evaluating mask_mod block by block (`_mask_visits`). Lengths need not be multiples of the chunk sizes, and chunk sizes above
   them are clipped to them. A query row that can attend no key returns zeros; NaN reaches
   the rows it does in `softmax`. Supports reverse-mode differentiation (not forward mode).
   """
@@ -51,8 +58,9 @@ def chunked_attention(query, key, value, bias=None, mask=None, *, scale=None, is
                            is_causal=is_causal, query_seq_lengths=query_seq_lengths,
                            key_value_seq_lengths=key_value_seq_lengths,
                            local_window_size=local_window_size, segment_ids=segment_ids,
-                           logit_soft_cap=logit_soft_cap, sinks=sinks,
-                           query_chunk_size=query_chunk_size, key_chunk_size=key_chunk_size)
+                           logit_soft_cap=logit_soft_cap, sinks=sinks, score_mod=score_mod,
+                           mask_mod=mask_mod, query_chunk_size=query_chunk_size,
+                           key_chunk_size=key_chunk_size)
 
 
 def check_options(query_chunk_size=DEFAULT_QUERY_CHUNK_SIZE,
@@ -64,7 +72,7 @@ def check_options(query_chunk_size=DEFAULT_QUERY_CHUNK_SIZE,
 def blocked_attention(variant, query, key, value, bias, mask, *, scale, is_causal,
                       query_seq_lengths, key_value_seq_lengths, local_window_size,
                       query_chunk_size, key_chunk_size, segment_ids=None, logit_soft_cap=None,
-                      sinks=None, count_blocks=False):
+                      sinks=None, score_mod=None, mask_mod=None, count_blocks=False):
   """Checks the arguments, pads to whole blocks and runs the block kernel."""
   dims = validation.check_inputs(variant, query, key, value, bias, mask,
                                  query_seq_lengths=query_seq_lengths,
@@ -85,17 +93,67 @@ def blocked_attention(variant, query, key, value, bias, mask, *, scale, is_causa
   kv_len = key_value_seq_lengths
   if kv_len is None and Sp > S:
     kv_len = jnp.full((B,), S, jnp.int32)  # the padded keys are not attended
-  segments = None
+  extras = _Extras(sinks=None if sinks is None else
+                   sinks.astype(jnp.float32).reshape(1, K, G, 1))
+  if score_mod is not None:
+    score_mod, consts = _converted(score_mod, jnp.zeros((B, K, G, plan.bq, plan.bk)),
+                                   *plan.indices(0, 0, B, K, G))
+    plan = dataclasses.replace(plan, score_mod=score_mod)
+    extras = extras._replace(score_consts=consts)
+  visits = []
   if segment_ids is not None:
     segments = (_pad_edge(segment_ids[0], Tp).reshape(B, plan.nq, plan.bq).transpose(1, 0, 2),
                 _pad_edge(segment_ids[1], Sp).reshape(B, plan.nk, plan.bk).transpose(1, 0, 2))
-    segments = (*segments, _visits(*segments))
-  sinks = None if sinks is None else sinks.astype(jnp.float32).reshape(1, K, G, 1)
+    extras = extras._replace(segments=segments)
+    visits.append(_visits(*segments))
+  if mask_mod is not None:
+    mask_mod, consts = _converted(mask_mod, *plan.indices(0, 0, B, K, G))
+    plan = dataclasses.replace(plan, mask_mod=mask_mod)
+    extras = extras._replace(mask_consts=consts)
+    visits.append(_mask_visits(plan, B, K, G, consts))
+  if visits:
+    extras = extras._replace(visits=functools.reduce(jnp.logical_and, visits))
   if count_blocks:  # the debug entry point: how many blocks the forward pass folds
-    return _forward(plan, q, k, v, bias, mask, query_seq_lengths, kv_len, segments, sinks)[2]
-  out = _attention(plan, q, k, v, bias, mask, query_seq_lengths, kv_len, segments, sinks)
+    return _forward(plan, q, k, v, bias, mask, query_seq_lengths, kv_len, extras)[2]
+  out = _attention(plan, q, k, v, bias, mask, query_seq_lengths, kv_len, extras)
   out = out.transpose(1, 0, 4, 2, 3, 5).reshape(B, Tp, K * G, H)
   return out[:, :T]
+
+
+class _Extras(NamedTuple):
+  """The traced arguments beyond q, k, v, bias, mask and lengths (None where not given)."""
+  sinks: jax.Array | None = None            # [1, K, G, 1]
+  segments: tuple | None = None             # query ids [nq, B, bq], key ids [nk, B, bk]
+  visits: jax.Array | None = None           # bool [nq, nk]: the blocks to compute
+  score_consts: tuple | None = None         # the arrays score_mod captured
+  mask_consts: tuple | None = None          # the arrays mask_mod captured
+
+
+def _converted(fn, *example):
+  """fn with the arrays it closes over as trailing arguments (jax.closure_convert), so the
+  custom VJP can differentiate them: (fn(*args, *consts), consts)."""
+  converted, consts = jax.closure_convert(fn, *example)
+  return _Hashable(converted), tuple(consts)
+
+
+@dataclasses.dataclass(frozen=True, eq=False)
+class _Hashable:
+  """A converted function, hashed by identity (it is a field of the static plan)."""
+  fn: Callable
+
+  def __call__(self, *args):
+    return self.fn(*args)
+
+
+def _mask_visits(plan, B, K, G, consts):
+  """bool [nq, nk]: does mask_mod allow some pair of block (qb, kb) (positions inside T
+  and S only)? Evaluated block by block (a map over the grid), once per call."""
+  def any_allowed(index):
+    qb, kb = index // plan.nk, index % plan.nk
+    b, h, q_idx, kv_idx = plan.indices(qb, kb, B, K, G)
+    inside = (q_idx < plan.T) & (kv_idx < plan.S)
+    return jnp.any(plan.mask_mod(b, h, q_idx, kv_idx, *consts) & inside)
+  return jax.lax.map(any_allowed, jnp.arange(plan.nq * plan.nk)).reshape(plan.nq, plan.nk)
 
 
 def visited_blocks(query, key, value, bias=None, mask=None, *, query_chunk_size,
@@ -151,6 +209,8 @@ class _Plan:
   is_causal: bool
   window: tuple[int, int] | None
   cap: float | None = None  # logit_soft_cap
+  score_mod: Callable | None = None  # (score, b, h, q_idx, kv_idx, *consts) -> score
+  mask_mod: Callable | None = None   # (b, h, q_idx, kv_idx, *consts) -> bool
 
   @property
   def nq(self) -> int:
@@ -184,34 +244,62 @@ class _Plan:
       i_hi = jnp.minimum(i_hi, j_last + self.window[0] + 1)
     return _block_range(i_lo, i_hi, self.bq, empty=j_first > j_last)
 
-  def block_logits(self, q_blk, k_blk, bias, mask, qb, kb, q_len, kv_len, masked=True,
-                   segments=None):
-    """Scaled (and biased) float32 logits of one block and, if `masked`, its allowed pairs
-    (None when the block needs no mask)."""
+  def indices(self, qb, kb, B, K, G):
+    """FlexAttention's index arguments for block (qb, kb), broadcast against the block's
+    logits [B, K, G, bq, bk]: batch b, query head h, query and key positions."""
+    b = jnp.arange(B).reshape(B, 1, 1, 1, 1)
+    h = jnp.arange(K * G).reshape(1, K, G, 1, 1)
+    q_idx = (qb * self.bq + jnp.arange(self.bq)).reshape(1, 1, 1, self.bq, 1)
+    kv_idx = (kb * self.bk + jnp.arange(self.bk)).reshape(1, 1, 1, 1, self.bk)
+    return b, h, q_idx, kv_idx
+
+  def scores(self, q_blk, k_blk, bias, qb, kb):
+    """Scaled (and biased) float32 q·k of one block, before score_mod and the soft cap."""
     s = jnp.einsum("bkgqh,bksh->bkgqs", q_blk, k_blk,
                    preferred_element_type=jnp.float32) * self.scale
     if bias is not None:
       s = s + self._block(bias, qb, kb).astype(jnp.float32)
+    return s
+
+  def modify(self, s, qb, kb, score_consts):
+    """score_mod, then the soft cap (each where given)."""
+    if self.score_mod is not None:
+      B, K, G = s.shape[:3]
+      s = self.score_mod(s, *self.indices(qb, kb, B, K, G), *score_consts).astype(jnp.float32)
     if self.cap is not None:
       s = self.cap * jnp.tanh(s / self.cap)
-    if not masked:
-      return s, None
+    return s
+
+  def block_logits(self, q_blk, k_blk, bias, mask, qb, kb, q_len, kv_len, masked=True,
+                   extras=None):
+    """Float32 logits of one block (score_mod and cap applied) and, if `masked`, its allowed
+    pairs (None when the block needs no mask)."""
+    extras = extras or _Extras()
+    s = self.modify(self.scores(q_blk, k_blk, bias, qb, kb), qb, kb, extras.score_consts)
+    return s, (self.allowed(s.shape, mask, qb, kb, q_len, kv_len, extras) if masked else None)
+
+  def allowed(self, shape, mask, qb, kb, q_len, kv_len, extras):
+    """The allowed pairs of block (qb, kb): masking.allowed's rules and mask_mod."""
+    segments = extras.segments
     ok = masking.allowed(qb * self.bq + jnp.arange(self.bq), kb * self.bk + jnp.arange(self.bk),
                          mask=self._block(mask, qb, kb), is_causal=self.is_causal,
                          window=self.window, q_len=q_len, kv_len=kv_len,
                          segments=None if segments is None else
                          (segments[0][qb], segments[1][kb]))
-    return s, ok
+    if self.mask_mod is not None:
+      allowed = self.mask_mod(*self.indices(qb, kb, *shape[:3]), *extras.mask_consts)
+      ok = allowed if ok is None else ok & allowed
+    return ok
 
-  def per_block(self, body, mask, q_len, kv_len, segments=None):
+  def per_block(self, body, mask, q_len, kv_len, extras):
     """body(masked, block, carry) -> carry, run with the mask built only on the blocks
     that straddle the diagonal, the window's edge or the padding: a block that every
     rule allows whole (most blocks, once sequences are long) skips building and applying
     it. A dense mask argument can forbid any pair, so it is applied on every block.
-    With segments, a block whose queries share no segment with its keys is skipped whole
+    With segments or a mask_mod, a block that `extras.visits` rules out is skipped whole
     (the carry passes unchanged) and every other block is masked."""
-    if segments is not None:
-      visits = segments[2]
+    if extras.visits is not None:
+      visits = extras.visits
       return lambda qb, kb, carry: jax.lax.cond(
           visits[qb, kb], functools.partial(body, True), lambda qb, kb, carry: carry,
           qb, kb, carry)
@@ -257,7 +345,21 @@ def _block_range(lo, hi, size, empty):
   return lo, jnp.where(empty, lo, jnp.maximum(hi, lo))
 
 
-def _forward(plan, q, k, v, bias, mask, q_len, kv_len, segments, sinks):
+def _narrow(bounds, visits, line):
+  """Loop bounds [lo, hi) cut to the first and last block of `line(visits)` to compute:
+  packed rows and most masks visit one contiguous run of blocks per block row, so the loop
+  never reaches the others (any block inside the run but not visited is skipped by cond)."""
+  if visits is None:
+    return bounds
+  visits = line(visits)
+  index = jnp.arange(visits.shape[0], dtype=jnp.int32)
+  first = jnp.min(jnp.where(visits, index, visits.shape[0]))
+  last = jnp.max(jnp.where(visits, index, -1)) + 1
+  lo = jnp.maximum(bounds[0], first)
+  return lo, jnp.maximum(lo, jnp.minimum(bounds[1], last))
+
+
+def _forward(plan, q, k, v, bias, mask, q_len, kv_len, extras):
   """(out, lse, the number of blocks folded: a count for tests, free to compute)."""
   q_max, kv_max = plan.limits(q_len, kv_len)
 
@@ -267,15 +369,16 @@ def _forward(plan, q, k, v, bias, mask, q_len, kv_len, segments, sinks):
     def update(masked, qb, kb, carry):
       softmax_carry, folded = carry
       s, ok = plan.block_logits(q_blk, k[kb], bias, mask, qb, kb, q_len, kv_len, masked,
-                                segments)
+                                extras)
       return (online_softmax.fold(softmax_carry, s if ok is None else
                                   jnp.where(ok, s, -jnp.inf), v[kb]), folded + 1)
 
-    step = plan.per_block(update, mask, q_len, kv_len, segments)
-    carry, folded = jax.lax.fori_loop(*plan.key_blocks(qb, q_max, kv_max),
+    step = plan.per_block(update, mask, q_len, kv_len, extras)
+    carry, folded = jax.lax.fori_loop(*_narrow(plan.key_blocks(qb, q_max, kv_max),
+                                               extras.visits, lambda visits: visits[qb]),
                                       lambda kb, carry: step(qb, kb, carry),
                                       (online_softmax.init(q_blk), folded))
-    out, lse = online_softmax.finish(carry, sinks)
+    out, lse = online_softmax.finish(carry, extras.sinks)
     return folded, (out.astype(q.dtype), lse)
 
   folded, (out, lse) = jax.lax.scan(query_block, jnp.int32(0), (jnp.arange(plan.nq), q))
@@ -283,44 +386,50 @@ def _forward(plan, q, k, v, bias, mask, q_len, kv_len, segments, sinks):
 
 
 def _backward(plan, residuals, dout):
-  q, k, v, bias, mask, q_len, kv_len, segments, sinks, out, lse = residuals
+  q, k, v, bias, mask, q_len, kv_len, extras, out, lse = residuals
   q_max, kv_max = plan.limits(q_len, kv_len)
   delta = jnp.sum(dout.astype(jnp.float32) * out.astype(jnp.float32), axis=-1)
+  consts = extras.score_consts
 
   def key_block(carry, xs):
     kb, k_blk, v_blk = xs
 
     def update(masked, qb, kb, carry):
-      dk, dv, dq, dbias = carry
-      s, ok = plan.block_logits(q[qb], k_blk, bias, mask, qb, kb, q_len, kv_len, masked,
-                                segments)
+      dk, dv, dq, dbias, dconsts = carry
+      raw = plan.scores(q[qb], k_blk, bias, qb, kb)
+      s, chain = jax.vjp(lambda raw, consts: plan.modify(raw, qb, kb, consts), raw, consts)
+      ok = plan.allowed(s.shape, mask, qb, kb, q_len, kv_len, extras) if masked else None
       p = jnp.exp(s - lse[qb][..., None])
       if ok is not None:
         p = jnp.where(ok, p, 0.0)
-      ds, dq_blk, dk_blk, dv_blk = online_softmax.block_gradients(
-          p, dout[qb], delta[qb], q[qb], k_blk, v_blk, s, plan.cap)
+      ds, dv_blk = online_softmax.logit_gradients(p, dout[qb], delta[qb], v_blk)
+      ds, dconsts_blk = chain(ds)  # through the cap and score_mod, to q·k and the captures
+      dq_blk, dk_blk = online_softmax.qk_gradients(ds, q[qb], k_blk)
       if dbias is not None:
         dbias = _add_bias_block(plan, dbias, ds, qb, kb)
-      return dk + dk_blk, dv + dv_blk, dq.at[qb].add(dq_blk), dbias
+      dconsts = jax.tree.map(jnp.add, dconsts, dconsts_blk)
+      return dk + dk_blk, dv + dv_blk, dq.at[qb].add(dq_blk), dbias, dconsts
 
-    dq, dbias = carry
+    dq, dbias, dconsts = carry
     zeros = jnp.zeros(k_blk.shape, jnp.float32)
-    step = plan.per_block(update, mask, q_len, kv_len, segments)
-    dk, dv, dq, dbias = jax.lax.fori_loop(*plan.query_blocks(kb, q_max, kv_max),
-                                          lambda qb, carry: step(qb, kb, carry),
-                                          (zeros, zeros, dq, dbias))
-    return (dq, dbias), (dk * plan.scale, dv)
+    step = plan.per_block(update, mask, q_len, kv_len, extras)
+    dk, dv, dq, dbias, dconsts = jax.lax.fori_loop(
+        *_narrow(plan.query_blocks(kb, q_max, kv_max), extras.visits,
+                 lambda visits: visits[:, kb]),
+        lambda qb, carry: step(qb, kb, carry), (zeros, zeros, dq, dbias, dconsts))
+    return (dq, dbias, dconsts), (dk * plan.scale, dv)
 
   init = (jnp.zeros(q.shape, jnp.float32),
-          None if bias is None else jnp.zeros(bias.shape, jnp.float32))
-  (dq, dbias), (dk, dv) = jax.lax.scan(key_block, init, (jnp.arange(plan.nk), k, v))
+          None if bias is None else jnp.zeros(bias.shape, jnp.float32),
+          jax.tree.map(jnp.zeros_like, consts))
+  (dq, dbias, dconsts), (dk, dv) = jax.lax.scan(key_block, init, (jnp.arange(plan.nk), k, v))
   dbias = None if bias is None else dbias.astype(bias.dtype)
-  no_segments = None if segments is None else (None,) * len(segments)
   dsinks = None
-  if sinks is not None:  # d lse / d sink = its weight exp(sink - lse); lse = inf: no key
-    dsinks = -jnp.sum(jnp.exp(sinks[None] - lse) * delta, axis=(0, 1, 4))[None, ..., None]
+  if extras.sinks is not None:  # d lse / d sink = its weight exp(sink - lse); lse = inf: no key
+    dsinks = -jnp.sum(jnp.exp(extras.sinks[None] - lse) * delta, axis=(0, 1, 4))[None, ..., None]
+  dextras = jax.tree.map(lambda _: None, extras)._replace(sinks=dsinks, score_consts=dconsts)
   return ((dq * plan.scale).astype(q.dtype), dk.astype(k.dtype), dv.astype(v.dtype), dbias,
-          None, None, None, no_segments, dsinks)
+          None, None, None, dextras)
 
 
 def _add_bias_block(plan, dbias, ds, qb, kb):
@@ -334,13 +443,13 @@ def _add_bias_block(plan, dbias, ds, qb, kb):
 
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(0,))
-def _attention(plan, q, k, v, bias, mask, q_len, kv_len, segments, sinks):
-  return _forward(plan, q, k, v, bias, mask, q_len, kv_len, segments, sinks)[0]
+def _attention(plan, q, k, v, bias, mask, q_len, kv_len, extras):
+  return _forward(plan, q, k, v, bias, mask, q_len, kv_len, extras)[0]
 
 
-def _attention_fwd(plan, q, k, v, bias, mask, q_len, kv_len, segments, sinks):
-  out, lse, _ = _forward(plan, q, k, v, bias, mask, q_len, kv_len, segments, sinks)
-  return out, (q, k, v, bias, mask, q_len, kv_len, segments, sinks, out, lse)
+def _attention_fwd(plan, q, k, v, bias, mask, q_len, kv_len, extras):
+  out, lse, _ = _forward(plan, q, k, v, bias, mask, q_len, kv_len, extras)
+  return out, (q, k, v, bias, mask, q_len, kv_len, extras, out, lse)
 
 
 _attention.defvjp(_attention_fwd, _backward)

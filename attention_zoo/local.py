@@ -19,8 +19,8 @@ DEFAULT_BLOCK_SIZE = 64
 @validation.call_forms(NAME)
 def local_attention(query, key, value, bias=None, mask=None, *, scale=None, is_causal=False,
                     query_seq_lengths=None, key_value_seq_lengths=None, local_window_size=None,
-                    segment_ids=None, logit_soft_cap=None, sinks=None,
-                    block_size=DEFAULT_BLOCK_SIZE):
+                    segment_ids=None, logit_soft_cap=None, sinks=None, score_mod=None,
+                    mask_mod=None, block_size=DEFAULT_BLOCK_SIZE):
   """Softmax attention within `local_window_size` (required: bound at lookup or passed).
 
   Causal or bidirectional, symmetric (an int) or asymmetric `(left, right)` windows;
@@ -35,7 +35,8 @@ def local_attention(query, key, value, bias=None, mask=None, *, scale=None, is_c
                                    key_value_seq_lengths=key_value_seq_lengths,
                                    local_window_size=local_window_size,
                                    segment_ids=segment_ids, logit_soft_cap=logit_soft_cap,
-                                   sinks=sinks, query_chunk_size=block_size, key_chunk_size=block_size)
+                                   sinks=sinks, score_mod=score_mod, mask_mod=mask_mod,
+                                   query_chunk_size=block_size, key_chunk_size=block_size)
 
 
 def check_options(block_size=DEFAULT_BLOCK_SIZE):

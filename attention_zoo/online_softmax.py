@@ -45,19 +45,25 @@ def finish(carry, sinks=None):
   return out, jnp.where(empty, jnp.inf, row_max + jnp.log(row_sum))
 
 
-def block_gradients(p, do, delta, q_blk, k_blk, v_blk, capped=None, cap=None):
+def block_gradients(p, do, delta, q_blk, k_blk, v_blk):
   """One block's (ds, dq, dk, dv) from its probabilities p = exp(logits - lse) and the
-  output gradient do; dq and dk are still to be multiplied by the logits' scale. With a
-  soft cap, `capped` are the block's capped logits: ds is then the gradient of the logits
-  before the cap (tanh' = 1 - tanh²)."""
+  output gradient do; dq and dk are still to be multiplied by the logits' scale."""
+  ds, dv = logit_gradients(p, do, delta, v_blk)
+  return (ds, *qk_gradients(ds, q_blk, k_blk), dv)
+
+
+def logit_gradients(p, do, delta, v_blk):
+  """(d logits, dv) of one block: the softmax's own backward."""
   dv = jnp.einsum("bkgqs,bkgqh->bksh", p.astype(do.dtype), do,
                   preferred_element_type=jnp.float32)
   dp = jnp.einsum("bkgqh,bksh->bkgqs", do, v_blk, preferred_element_type=jnp.float32)
-  ds = p * (dp - delta[..., None])
-  if cap is not None:
-    ds = ds * (1.0 - jnp.square(capped / cap))
+  return p * (dp - delta[..., None]), dv
+
+
+def qk_gradients(ds, q_blk, k_blk):
+  """(dq, dk) of one block from the gradient of its (unscaled) q·k products."""
   dq = jnp.einsum("bkgqs,bksh->bkgqh", ds.astype(k_blk.dtype), k_blk,
                   preferred_element_type=jnp.float32)
   dk = jnp.einsum("bkgqs,bkgqh->bksh", ds.astype(q_blk.dtype), q_blk,
                   preferred_element_type=jnp.float32)
-  return ds, dq, dk, dv
+  return dq, dk

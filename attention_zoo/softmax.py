@@ -27,13 +27,16 @@ def from_blocks_layout(out):
 def softmax_attention(query, key, value, bias=None, mask=None, *, scale=None, is_causal=False,
                       query_seq_lengths=None, key_value_seq_lengths=None,
                       local_window_size=None, segment_ids=None, logit_soft_cap=None,
-                      sinks=None):
+                      sinks=None, score_mod=None, mask_mod=None):
   """Softmax attention with the semantics of `jax.nn.dot_product_attention`, and
   `segment_ids` (int [B, T], or a (query [B, T], key [B, S]) pair): a query attends only
   keys of its own segment (packed sequences); `logit_soft_cap`: logits = cap·tanh(logits /
   cap) after scale and bias, before masking (Gemma 2); `sinks` (float [N]): a logit per
   query head that joins every row's normaliser and adds no value (StreamingLLM, gpt-oss),
-  so a row may give less than all of its weight to its keys.
+  so a row may give less than all of its weight to its keys. `score_mod(score, b, h, q_idx,
+  kv_idx) -> score` (after scale and bias, before the cap) and `mask_mod(b, h, q_idx, kv_idx)
+  -> bool` as FlexAttention's, called once on broadcast index arrays of the whole [B, N, T, S]
+  grid: the dense oracle of `chunked`'s blockwise ones (attention_zoo/mods.py has examples).
 
   Time and memory O(T·S). Logits, softmax and the value sum are float32; the output
   has the query's dtype. A query row that can attend no key (masked out, padding)
@@ -51,17 +54,28 @@ def softmax_attention(query, key, value, bias=None, mask=None, *, scale=None, is
   logits = jnp.einsum("bkgth,bksh->bkgts", q, k, preferred_element_type=jnp.float32) * scale
   if bias is not None:
     logits = logits + masking.split_heads(bias, dims.K).astype(jnp.float32)
+  index = grid_indices(dims.B, dims.K, dims.G, dims.T, dims.S)
+  if score_mod is not None:
+    logits = score_mod(logits, *index).astype(jnp.float32)
   logits = soft_cap(logits, logit_soft_cap)
   ok = masking.allowed(jnp.arange(dims.T), jnp.arange(dims.S),
                        mask=masking.split_heads(mask, dims.K), is_causal=is_causal,
                        window=window, q_len=query_seq_lengths, kv_len=key_value_seq_lengths,
                        segments=segment_ids)
+  if mask_mod is not None:
+    ok = mask_mod(*index) if ok is None else ok & mask_mod(*index)
   probs, empty = masked_softmax(logits, ok, sink_logits(sinks, dims.K))
   out = jnp.einsum("bkgts,bksh->bkgth", probs.astype(v.dtype), v,
                    preferred_element_type=jnp.float32)
   # Zero weights times a NaN value are NaN: rows with no key are zeroed after the product.
   out = jnp.where(empty, 0.0, out)
   return from_blocks_layout(out).astype(query.dtype)
+
+
+def grid_indices(B, K, G, T, S):
+  """FlexAttention's (b, h, q_idx, kv_idx), broadcast against logits [B, K, G, T, S]."""
+  return (jnp.arange(B).reshape(B, 1, 1, 1, 1), jnp.arange(K * G).reshape(1, K, G, 1, 1),
+          jnp.arange(T).reshape(1, 1, 1, T, 1), jnp.arange(S).reshape(1, 1, 1, 1, S))
 
 
 def soft_cap(logits, cap):

@@ -197,6 +197,14 @@ def check_sinks(variant: str, sinks, N: int):
   return jnp.asarray(sinks, jnp.float32)
 
 
+def check_mod(variant: str, name: str, fn):
+  """`score_mod` / `mask_mod`: a callable (a static argument, hashed by identity) or None."""
+  if fn is not None and not callable(fn):
+    raise ValueError(f"{variant}: {name} must be a function ({'score, ' if name == 'score_mod' else ''}"
+                     f"b, h, q_idx, kv_idx) or None, got {type(fn).__name__}")
+  return fn
+
+
 def _leading_ones(x, rank: int):
   """x with unit axes prepended up to `rank` (as `jax.nn.dot_product_attention` does)."""
   if x is None or np.ndim(x) >= rank:
@@ -216,7 +224,8 @@ def call_forms(variant: str):
     whole axis (as in JAX), zero or negative means no position (those rows give zeros).
   - `local_window_size` becomes `(left, right)`, clipped to (T - 1, S - 1).
   - `segment_ids` becomes a (query ids [B, T], key ids [B, S]) pair (`check_segment_ids`);
-    `logit_soft_cap` a float > 0, `sinks` float32 [N]. A variant whose function lacks one of
+    `logit_soft_cap` a float > 0, `sinks` float32 [N], `score_mod` and `mask_mod` functions
+    (FlexAttention's, static). A variant whose function lacks one of
     these parameters refuses it (NotImplementedError), never ignores it.
   """
   def decorate(fn):
@@ -225,7 +234,7 @@ def call_forms(variant: str):
     @functools.wraps(fn)
     def wrapper(query, key, value, bias=None, mask=None, *, query_seq_lengths=None,
                 key_value_seq_lengths=None, local_window_size=None, segment_ids=None,
-                logit_soft_cap=None, sinks=None, **kwargs):
+                logit_soft_cap=None, sinks=None, score_mod=None, mask_mod=None, **kwargs):
       out_rank = np.ndim(query)
       query, key, value = (_leading_ones(x, 4) if np.ndim(x) == 3 else x
                            for x in (query, key, value))
@@ -239,7 +248,9 @@ def call_forms(variant: str):
                           key_value_seq_lengths=key_value_seq_lengths)
       extra = dict(segment_ids=check_segment_ids(variant, segment_ids, dims.B, dims.T, dims.S),
                    logit_soft_cap=check_soft_cap(variant, logit_soft_cap),
-                   sinks=check_sinks(variant, sinks, dims.N))
+                   sinks=check_sinks(variant, sinks, dims.N),
+                   score_mod=check_mod(variant, "score_mod", score_mod),
+                   mask_mod=check_mod(variant, "mask_mod", mask_mod))
       unsupported(variant, **{a: x for a, x in extra.items() if a not in takes})
       kwargs.update({a: x for a, x in extra.items() if a in takes})
       window = clip_window(normalize_window(variant, local_window_size), dims.T, dims.S)

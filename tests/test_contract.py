@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 import attention_zoo
-from attention_zoo import registry
+from attention_zoo import mods, registry
 from tests import oracle
 
 # Options a variant cannot run without; a new variant needs an entry only if it has some.
@@ -167,7 +167,8 @@ def test_refused_arguments_raise_naming_them(name):
   entry = registry.entry(name)
   values = dict(bias=jnp.zeros((1, 1, T, S)), mask=jnp.ones((1, 1, T, S), bool),
                 local_window_size=(2, 2), segment_ids=jnp.zeros((B, T), jnp.int32),
-                logit_soft_cap=30.0, sinks=jnp.zeros((N,)))
+                logit_soft_cap=30.0, sinks=jnp.zeros((N,)), score_mod=mods.soft_cap(30.0),
+                mask_mod=mods.causal)
   refused = [dict(is_causal=False)] if entry.causal_only else []
   refused += [{argument: values[argument], "is_causal": True} for argument in entry.refuses]
   for kwargs in refused:

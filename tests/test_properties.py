@@ -27,7 +27,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 import attention_zoo
-from attention_zoo import deltanet, gated_deltanet, gla, linear, registry, retention
+from attention_zoo import deltanet, gated_deltanet, gla, linear, mods, registry, retention
 from tests import oracle
 
 # Derandomized, so that CI sees the same examples on every run (set derandomize=False
@@ -534,7 +534,8 @@ def test_refused_arguments_raise_in_every_form(name):
                local_window_size=[0, (1, 2), (HUGE, HUGE)],
                segment_ids=[jnp.zeros((B, T), jnp.int32)] * (T == S) +
                [(jnp.zeros((B, T), jnp.int32), jnp.ones((B, S), jnp.int32))],
-               logit_soft_cap=[30.0], sinks=[jnp.zeros((N,))])
+               logit_soft_cap=[30.0], sinks=[jnp.zeros((N,))], score_mod=[mods.soft_cap(30.0)],
+               mask_mod=[mods.causal])
   attend = attention_zoo.get(name, **options)
   with _mesh_for(name):
     for argument in entry.refuses:

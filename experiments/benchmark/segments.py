@@ -1,6 +1,7 @@
 """Document masking (packed rows, `segment_ids`) with and without block skipping.
 
     python -m experiments.benchmark.segments            # T = 8192, 8 documents: ~1 minute
+    python -m experiments.benchmark.segments 8192 8 128 # the same with 128 x 128 blocks
 
 `chunked` with `segment_ids` skips every block whose query and key id ranges do not overlap;
 the same pairs given as a dense mask are applied on every block (no skipping). Both
@@ -22,16 +23,18 @@ from experiments import tables
 from experiments.benchmark import measure
 
 
-def main(T: int = 8192, documents: int = 8, heads: int = 8, head_dim: int = 64) -> str:
+def main(T: int = 8192, documents: int = 8, block: int | None = None, heads: int = 8,
+         head_dim: int = 64) -> str:
+  """`block`: query and key chunk size (None: chunked's defaults)."""
   rng = np.random.default_rng(0)
   q, k, v = (jnp.asarray(rng.normal(size=(1, T, heads, head_dim)), jnp.float32)
              for _ in range(3))
   cuts = np.sort(rng.choice(np.arange(1, T), documents - 1, replace=False))
   ids = jnp.asarray(np.searchsorted(cuts, np.arange(T), side="right")[None], jnp.int32)
   mask = ids[:, None, :, None] == ids[:, None, None, :]
-  attend = attention_zoo.get("chunked")
-  blocks = dict(query_chunk_size=chunked.DEFAULT_QUERY_CHUNK_SIZE,
-                key_chunk_size=chunked.DEFAULT_KEY_CHUNK_SIZE)
+  blocks = dict(query_chunk_size=block or chunked.DEFAULT_QUERY_CHUNK_SIZE,
+                key_chunk_size=block or chunked.DEFAULT_KEY_CHUNK_SIZE)
+  attend = attention_zoo.get("chunked", **blocks)
   cases = {"segment_ids (skips blocks)": (dict(segment_ids=ids), None),
            "dense mask (every block)": ({}, mask)}
   rows, medians = [], {}
@@ -48,7 +51,8 @@ def main(T: int = 8192, documents: int = 8, heads: int = 8, head_dim: int = 64) 
   base = medians["dense mask (every block)"]
   for row, label in zip(rows, medians):
     row.append(" / ".join(f"{b / t:.1f}x" for b, t in zip(base, medians[label])))
-  table = tables.markdown(["chunked, T = %d, %d documents" % (T, documents), "forward",
+  title = "chunked %dx%d, T = %d, %d documents" % (*blocks.values(), T, documents)
+  table = tables.markdown([title, "forward",
                            "forward+backward", "blocks computed", "speed-up (fwd / fwd+bwd)"],
                           rows)
   print(table)
