@@ -91,3 +91,14 @@ def test_devices_benchmark_runs_the_loop_on_each_device_count(tmp_path):
   assert len({round(r["final_train_loss"], 4) for r in rows}) == 1
   assert all(r["step_ms"] > 0 and r["memory_per_device_mib"] > 0 for r in rows)
   assert table.count("\n| ") == 1 + len(rows)
+
+
+def test_flex_benchmark_prints_both_tables():
+  """experiments/benchmark/flex.py at a small T: both tables, every case measured, and
+  skipping computes fewer blocks than the dense mask."""
+  from experiments.benchmark import flex  # pylint: disable=import-outside-toplevel
+  alibi, documents = flex.main(256, 64).split("\n\n")
+  assert alibi.count("\n") == 5 and "ALiBi score_mod" in alibi and "failed" not in alibi
+  rows = {line.split(" | ")[0].strip("| "): line.split(" | ") for line in
+          documents.splitlines()[2:]}
+  assert int(rows["segment_ids"][3]) < int(rows["dense mask (no skipping)"][3])
