@@ -48,7 +48,7 @@ def _window_init(options, batch, max_length, num_heads, kv_heads, head_dim, dtyp
                   head_dim, dtype)
 
 
-def _cached_step(name, options, cache, query, key, value):
+def _cached_step(name, options, cache, query, key, value, score_mod=None):
   i, size = cache["index"], cache["key"].shape[1]
   slot = i % size  # == i for a full cache, whose size is the maximum length
   cache = dict(key=jax.lax.dynamic_update_slice_in_dim(cache["key"], key, slot, axis=1),
@@ -63,7 +63,12 @@ def _cached_step(name, options, cache, query, key, value):
   if _entry(name).decoder.as_softmax:
     name, options = "softmax", {k: v for k, v in options.items() if k == "scale"}
   attend = attention_zoo.get(name, **options)
-  return attend(query, cache["key"], cache["value"], key_value_seq_lengths=filled), cache
+  mods = {}
+  if score_mod is not None:  # at the query's and the slots' positions, not their indices
+    position = lambda slot: i - (i - slot) % size  # the rolling cache's slot -> position
+    mods["score_mod"] = lambda s, b, h, q, kv: score_mod(s, b, h, i + 0 * q, position(kv))
+  return attend(query, cache["key"], cache["value"], key_value_seq_lengths=filled,
+                **mods), cache
 
 
 KV_CACHE = Decoder(_kv_init, _cached_step)
@@ -102,12 +107,15 @@ def init(name, options, batch, max_length, num_heads, kv_heads, head_dim, dtype=
   return _decoder(name).init(options, batch, max_length, num_heads, kv_heads, head_dim, dtype)
 
 
-def step(name, options, cache, query, key, value, **inputs):
+def step(name, options, cache, query, key, value, score_mod=None, **inputs):
   """Attention of one new query over the prefix so far; returns (out [B,1,N,H], cache).
 
-  `inputs` are the variant's per-token inputs at this position (e.g. log_gate [B, 1, N])."""
+  `inputs` are the variant's per-token inputs at this position (e.g. log_gate [B, 1, N]);
+  `score_mod` (a key/value cache's decoders only) sees the true positions of the query and
+  of each cached key."""
+  extra = {} if score_mod is None else {"score_mod": score_mod}
   return _decoder(name).step(name, {**attention_zoo.options(name), **options}, cache, query,
-                             key, value, **inputs)
+                             key, value, **extra, **inputs)
 
 
 def attend_at(name, options, position, query, key, value, key_value_seq_lengths=None):

@@ -13,7 +13,7 @@ import jax.numpy as jnp
 from flax import nnx
 
 import attention_zoo
-from attention_zoo import decoding, gates, registry
+from attention_zoo import decoding, gates, mods, registry
 
 
 def rope(x, positions, base: float = 10_000.0):
@@ -43,7 +43,8 @@ class MultiHeadAttention(nnx.Module):
 
   def __init__(self, features: int, num_heads: int, *, attention: str = "softmax",
                options: dict | None = None, num_kv_heads: int | None = None,
-               head_dim: int | None = None, rope: bool = False, rngs: nnx.Rngs):
+               head_dim: int | None = None, rope: bool = False, alibi: bool = False,
+               rngs: nnx.Rngs):
     self.attention, self.options = attention, registry.frozen(options or {})
     attention_zoo.get(attention, **dict(self.options))  # a bad name or option fails at build
     entry = registry.entry(attention)
@@ -63,6 +64,11 @@ class MultiHeadAttention(nnx.Module):
                                                  spec.per_head_dim, rngs=rngs)
         for name, spec in entry.inputs.items()})
     self.normalize_qk, self.rope = entry.normalize_qk, rope
+    if alibi and "score_mod" in entry.refuses:
+      raise ValueError(f"alibi positions need a variant that takes score_mod; {attention!r} "
+                       f"refuses it")
+    # ALiBi in self-attention (a score_mod: no [T, S] bias); made once, so compiled once.
+    self.score_mod = mods.alibi(self.num_heads) if alibi else None
     if rope and self.head_dim % 2:
       raise ValueError(f"rope needs an even head_dim, got {self.head_dim}")
     self.output_norm = nnx.RMSNorm(self.head_dim, rngs=rngs) if entry.output_norm else None
@@ -91,6 +97,8 @@ class MultiHeadAttention(nnx.Module):
     q, k, v, inputs = self._project(x, x if context is None else context,
                                     positions if context is None else None)
     attend = attention_zoo.get(self.attention, **dict(self.options))
+    if context is None and self.score_mod is not None:
+      inputs["score_mod"] = self.score_mod
     out = attend(q, k, v, is_causal=is_causal, query_seq_lengths=query_lengths,
                  key_value_seq_lengths=context_lengths, **inputs)
     return self._output(out)
@@ -113,5 +121,9 @@ class MultiHeadAttention(nnx.Module):
     if self.rope and position is None:
       raise ValueError("decode_step needs the position of x with rope")
     q, k, v, inputs = self._project(x, x, None if position is None else jnp.full((1,), position))
+    if self.score_mod is not None:
+      if position is None:
+        raise ValueError("decode_step needs the position of x with alibi")
+      inputs["score_mod"] = self.score_mod
     out, cache = decoding.step(self.attention, dict(self.options), cache, q, k, v, **inputs)
     return self._output(out), cache

@@ -17,12 +17,13 @@ import numpy as np
 
 
 def alibi(num_heads: int):
-  """ALiBi (Press et al. 2022): score + m_h·(kv_idx − q_idx), slopes m_h = 2^(−8(h+1)/N)."""
+  """ALiBi (Press et al. 2022): score − m_h·|q_idx − kv_idx|, slopes m_h = 2^(−8(h+1)/N)
+  (causal: the paper's m_h·(kv_idx − q_idx); bidirectional: its symmetric form)."""
   slopes = jnp.asarray(2.0 ** (-8.0 * (np.arange(num_heads) + 1) / num_heads), jnp.float32)
 
   def score_mod(score, b, h, q_idx, kv_idx):
     del b
-    return score + slopes[h] * (kv_idx - q_idx).astype(jnp.float32)
+    return score - slopes[h] * jnp.abs(q_idx - kv_idx).astype(jnp.float32)
   return score_mod
 
 

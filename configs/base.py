@@ -76,7 +76,8 @@ def get_config() -> ml_collections.ConfigDict:
   c.model.shape = config_dict.placeholder(str)  # None: the task's; encoder_decoder, decoder
   #                                 (causal LM) or encoder (classifier): experiments/model.py
   c.model.pooling = "cls"           # encoder (classifier): cls or mean
-  c.model.positions = "sinusoidal"  # sinusoidal (added to embeddings), rope or none
+  c.model.positions = "sinusoidal"  # sinusoidal, learned, rope, alibi or none (model.py)
+  c.model.max_positions = 1024      # learned positions: the table's rows
   c.model.attention = "softmax"     # decoder (and encoder) self-attention: attention_zoo.names()
   c.model.cross_attention = config_dict.placeholder(str)  # None: the same as attention
   c.model.encoder_attention = config_dict.placeholder(str)  # None: the same as attention
@@ -121,7 +122,7 @@ def get_config() -> ml_collections.ConfigDict:
 
 def sweep(base_config, axes, rows, columns=None, over="seed", metrics=(
     "test_exact_accuracy", "test_loss"), curves=("train_loss",), x_axis=None, published=None,
-          parallel=1, best_over=None, x_metric=None) -> ml_collections.ConfigDict:
+          parallel=1, best_over=None, x_metric=None, minutes=None) -> ml_collections.ConfigDict:
   """A sweep config (see experiments/sweeps): `base_config` run over the product of `axes`.
 
   The table has a row per value of the `rows` axes, a column per value of `columns` (else
@@ -130,13 +131,15 @@ def sweep(base_config, axes, rows, columns=None, over="seed", metrics=(
   `published`: {source, metric, scale, values: {row: number}} printed beside ours.
   `best_over`: an axis (e.g. the learning rate) of which each cell reports its best value's
   runs (by the first metric); `x_metric`: a final metric (e.g. state_size) to plot the
-  metrics against, a point per cell.
+  metrics against, a point per cell. `minutes`: the whole sweep's measured wall time on a
+  2-core CPU, which it announces (scaled to the runs left) before it starts.
   """
   c = ml_collections.ConfigDict()
   c.base = base_config              # the experiment every run starts from
   c.axes = tuple(axes)              # ((name, values), ...): see experiments/sweeps/grid.py
   c.parallel = parallel             # runs at a time (each a process)
   c.retry_failed = False            # re-launching retries runs recorded as failed
+  c.minutes = minutes               # expected wall time (2-core CPU), announced at the start
   c.table = ml_collections.ConfigDict(dict(
       rows=tuple(rows), columns=columns, over=over, metrics=tuple(metrics),
       curves=tuple(curves), x_axis=x_axis, published=published, best_over=best_over,

@@ -22,6 +22,16 @@ import orbax.checkpoint as ocp
 from experiments import parallel, rundir
 
 
+def latest_step(workdir: str) -> int | None:
+  """The step of the newest finished checkpoint in `workdir` (orbax names a finished one by
+  its step; one being written carries a suffix), or None if there is none."""
+  try:
+    names = os.listdir(os.path.join(workdir, "checkpoints"))
+  except OSError:
+    return None
+  return max((int(n) for n in names if n.isdigit()), default=None)
+
+
 class Checkpoints:
 
   def __init__(self, workdir: str, every: int, keep: int):

@@ -6,7 +6,7 @@ import os
 
 import attention_zoo
 from attention_zoo import registry
-from experiments import optimizer, tasks
+from experiments import console, optimizer, tasks
 from experiments.model import POOLINGS, POSITIONS
 
 _COUNT = (lambda x: x >= 1, "a positive integer")
@@ -21,7 +21,8 @@ RANGES = {
     **{f"data.{k}": _COUNT for k in (
         "vocab_size", "min_length", "max_length", "long_max_length", "num_train", "num_eval",
         "max_input_length", "max_target_length", "batch_size", "eval_batch_size")},
-    **{f"model.{k}": _COUNT for k in ("d_model", "num_heads", "num_kv_heads", "d_ff")},
+    **{f"model.{k}": _COUNT for k in ("d_model", "num_heads", "num_kv_heads", "d_ff",
+                                      "max_positions")},
     "model.num_encoder_layers": _NATURAL, "model.num_decoder_layers": _NATURAL,
     "model.dropout_rate": _FRACTION,
     "optimizer.learning_rate": _RATE, "optimizer.warmup_steps": _NATURAL,
@@ -64,11 +65,16 @@ def check_attention_roles(config) -> None:
   for role, (field, name) in attention_roles(config).items():
     if name not in attention_zoo.names():
       raise ValueError(f"config.model.{field}={name!r} is not a variant; choose from "
-                       f"{attention_zoo.names()}")
+                       f"{attention_zoo.names()}{console.closest(name, attention_zoo.names())}")
     entry = registry.entry(name)
     if role != "encoder self-attention" and entry.decoder is None:
       raise ValueError(f"config.model.{field}={name!r} ({role}) has no incremental decoding "
                        f"form; variants with one: {registry.names(decodes=True)}")
+    if (config.model.positions == "alibi" and "self-attention" in role
+        and "score_mod" in entry.refuses):
+      raise ValueError(f"config.model.{field}={name!r}: alibi positions are a score_mod of "
+                       f"self-attention, which {name} refuses; choose positions from "
+                       f"{POSITIONS} or a variant that takes score_mod")
     if role != "decoder self-attention" and entry.causal_only:
       raise ValueError(f"config.model.{field}={name!r}: {name} is causal only, so it cannot "
                        f"be the {role}; set config.model.{field} to one of "
@@ -98,6 +104,14 @@ def check_config(config) -> None:
       raise ValueError(f"config.model.{field}={model[field]!r}; choose from {choices}")
   check_attention_roles(config)
   check_option_blocks(config)
+  if model.positions == "learned":
+    _, inputs, targets = task.sizes(data)
+    longest = inputs + targets + 1 if tasks.model_shape(config) == "decoder" else max(
+        inputs, targets) + 1  # + 1: a CLS or BOS position
+    if longest > model.max_positions:
+      raise ValueError(f"config.model.max_positions={model.max_positions}: learned positions "
+                       f"need a row for each of the {longest} positions of the longest "
+                       f"sequence (every split, test_long included)")
   task.check(data)
   data_dir = os.path.expanduser(data.data_dir)
   parent = data_dir if os.path.exists(data_dir) else os.path.dirname(data_dir.rstrip("/")) or "."

@@ -15,8 +15,11 @@ follow the model's shape (experiments/model.py):
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
+import io
 import os
+import sys
 
 import grain
 import jax
@@ -82,7 +85,11 @@ def _prepare(make_builder, config, data_dir: str):
   make = lambda: make_builder(**({} if config is None else {"config": config}),
                               data_dir=data_dir, file_format="array_record")
   if jax.process_index() == 0:
-    make().download_and_prepare()
+    builder = make()
+    if not os.path.exists(os.path.join(builder.data_dir, "dataset_info.json")):
+      print(f"preparing the data (once) in {builder.data_dir}", file=sys.stderr, flush=True)
+    with contextlib.redirect_stdout(io.StringIO()):  # TFDS prints "Downloading and preparing
+      builder.download_and_prepare()  # dataset Unknown size ..." for data made here
   parallel.barrier("data prepared")
   return make()
 

@@ -23,35 +23,12 @@ import math
 
 import psutil
 
-from experiments import data as data_lib
 from experiments import tasks
-from experiments.tasks import listops, synthetic, text_pairs
 
 BYTES = 4  # float32 parameters, activations and optimizer state
 # Variants that materialise the [B, N, T, S] logits (the others work in blocks or features).
 DENSE = ("softmax",)
 GIB = 2**30
-
-
-def _task(data) -> tuple[int, int, int] | None:
-  """(vocabulary with the reserved ids, longest input, longest target with EOS), or None for
-  a task this estimate does not know (then nothing is refused)."""
-  if data.task in tasks.SYNTHETIC:
-    builder = tasks.SYNTHETIC[data.task]
-    vocab = builder.vocab_size(synthetic.config_for(
-        data.vocab_size, data.min_length, data.max_length, data.long_max_length, data.num_train,
-        data.num_eval, data.data_seed))
-    inputs, targets = builder.max_lengths(max(data.max_length, data.long_max_length))
-    return vocab + data_lib.RESERVED, inputs, targets + 1
-  if data.task == "listops":
-    return listops.ZooListOps.VOCAB_SIZE + data_lib.RESERVED, data.max_length, 2
-  if data.task == "mqar":
-    pairs = (*data.mqar_train_pairs, *data.mqar_test_pairs)
-    return data.vocab_size + data_lib.RESERVED, max(length for length, _ in pairs), 0
-  if data.task == "text":
-    return (text_pairs.VOCAB_SIZE + data_lib.RESERVED, data.max_input_length,
-            data.max_target_length + 1)
-  return None
 
 
 def _stacks(config, source: int, target: int) -> list[tuple[int, int, str, int, str | None]]:
@@ -71,7 +48,7 @@ def parameters(config) -> int:
   """The model's parameters (experiments/model.py: tied embeddings, attention without bias),
   without a variant's extra projections or a classifier's head."""
   m = config.model
-  vocab, source, target = _task(config.data)
+  vocab, source, target = tasks.entry(config.data.task).sizes(config.data)
   d, kv = m.d_model, (m.num_kv_heads or m.num_heads) * (m.d_model // m.num_heads)
   attention = 2 * d * d + 2 * d * kv
   block = attention + 2 * d * m.d_ff + d + m.d_ff + 2 * (2 * d)  # + feed-forward, 2 norms
@@ -81,13 +58,9 @@ def parameters(config) -> int:
   return total
 
 
-def estimate(config, shape: dict[str, int]) -> dict[str, float] | None:
-  """Bytes per device of each part (see the module docstring) and their `total`; None for a
-  task this estimate does not know."""
-  sizes = _task(config.data)
-  if sizes is None:
-    return None
-  m, (vocab, source, target) = config.model, sizes
+def estimate(config, shape: dict[str, int]) -> dict[str, float]:
+  """Bytes per device of each part (see the module docstring) and their `total`."""
+  m, (vocab, source, target) = config.model, tasks.entry(config.data.task).sizes(config.data)
   per_device = lambda b: math.ceil(b / (shape["data"] * shape["fsdp"]))
   split = lambda n: math.ceil(n / shape["sequence"])
   stacks = _stacks(config, source, target)
@@ -125,7 +98,7 @@ def check_fits(config, shape: dict[str, int], memory: tuple[float | None, str] =
   device_memory()'s answer, asked here if not given)."""
   parts = estimate(config, shape)
   limit, what = device_memory() if memory is None else memory
-  if parts is None or not limit or parts["total"] <= limit:
+  if not limit or parts["total"] <= limit:
     return
   details = ", ".join(f"{k.replace('_', ' ')} {v / GIB:.2f}" for k, v in parts.items()
                       if k != "total")

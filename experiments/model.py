@@ -6,8 +6,10 @@
 - `encoder` (classifier): encoder blocks, then CLS or mean pooling and a linear head.
 
 The blocks and the attention layer are shared by all three. Pre-LayerNorm blocks; positions
-sinusoidal (added to the embeddings, so any length can be evaluated), rotary (`rope`, in
-self-attention, decoding at the right offset) or none; tied input and output embeddings.
+sinusoidal (added to the embeddings, so any length can be evaluated), learned (a table of
+`max_positions` rows added to the embeddings; longer sequences raise), rotary (`rope`, in
+self-attention, decoding at the right offset), `alibi` (a score_mod in self-attention: no
+dense bias; decoding at the true positions) or none; tied input and output embeddings.
 Self-attention honours the padding lengths; decoder self-attention is causal.
 """
 
@@ -24,7 +26,7 @@ from attention_zoo.layer import MultiHeadAttention
 
 
 SHAPES = ("encoder_decoder", "decoder", "encoder")
-POSITIONS = ("sinusoidal", "rope", "none")
+POSITIONS = ("sinusoidal", "learned", "rope", "alibi", "none")
 POOLINGS = ("cls", "mean")
 
 
@@ -33,7 +35,8 @@ class TransformerConfig:
   vocab_size: int
   shape: str = "encoder_decoder"      # one of SHAPES
   pooling: str = "cls"                # encoder (classifier): cls or mean, as LRA's pooling_mode
-  positions: str = "sinusoidal"       # added to the embeddings, rotary in self-attention, none
+  positions: str = "sinusoidal"       # one of POSITIONS
+  max_positions: int = 1024           # learned positions: the table's rows
   num_classes: int | None = None      # encoder (classifier): its output size
   d_model: int = 128
   num_heads: int = 4
@@ -77,11 +80,12 @@ class _Block(nnx.Module):
 
   def __init__(self, cfg: TransformerConfig, *, cross: bool, self_attention: str,
                rngs: nnx.Rngs):
-    attention = lambda name, rope=False: MultiHeadAttention(
+    attention = lambda name, rope=False, alibi=False: MultiHeadAttention(
         cfg.d_model, cfg.num_heads, attention=name, options=cfg.options(name),
-        num_kv_heads=cfg.num_kv_heads, rope=rope, rngs=rngs)
+        num_kv_heads=cfg.num_kv_heads, rope=rope, alibi=alibi, rngs=rngs)
     self.self_norm = nnx.LayerNorm(cfg.d_model, rngs=rngs)
-    self.self_attention = attention(self_attention, rope=cfg.positions == "rope")
+    self.self_attention = attention(self_attention, rope=cfg.positions == "rope",
+                                    alibi=cfg.positions == "alibi")
     self.cross_norm = nnx.LayerNorm(cfg.d_model, rngs=rngs) if cross else None
     self.cross_attention = attention(cfg.cross_attention or cfg.attention) if cross else None
     self.ff_norm, self.ff = nnx.LayerNorm(cfg.d_model, rngs=rngs), _FeedForward(cfg, rngs)
@@ -116,6 +120,8 @@ class Transformer(nnx.Module):
                        f"{cfg.positions!r} (from {POSITIONS})")
     self.cfg = cfg
     self.embed = nnx.Embed(cfg.vocab_size, cfg.d_model, rngs=rngs)
+    self.position_table = (nnx.Embed(cfg.max_positions, cfg.d_model, rngs=rngs)
+                           if cfg.positions == "learned" else None)
     encoder = cfg.shape != "decoder"
     decoder = cfg.shape != "encoder"
     self.encoder = nnx.List([
@@ -135,18 +141,26 @@ class Transformer(nnx.Module):
     self.dropout = nnx.Dropout(cfg.dropout_rate)
 
   def _embed(self, tokens, positions, rngs):
-    x = self.embed(tokens) * np.sqrt(self.cfg.d_model)
+    return _drop(self.dropout, self.embed(tokens) * np.sqrt(self.cfg.d_model)
+                 + self._positions(positions), rngs)
+
+  def _positions(self, positions):
+    """What the embeddings get added for int `positions` (0 where positions live elsewhere)."""
     if self.cfg.positions == "sinusoidal":
-      x = x + sinusoids(positions, self.cfg.d_model)
-    return _drop(self.dropout, x, rngs)
+      return sinusoids(positions, self.cfg.d_model)
+    if self.position_table is not None:
+      if positions.shape[-1] > self.cfg.max_positions:
+        raise ValueError(f"learned positions: {positions.shape[-1]} positions exceed the "
+                         f"table's max_positions={self.cfg.max_positions}")
+      return self.position_table(positions)
+    return 0.0
 
   def encode(self, inputs, input_lengths, rngs=None, prefix=None):
     """inputs int [B, S] (right-padded) -> memory [B, S, D]; `prefix` [D] (the classifier's
     CLS vector) is put before every sequence at position 0."""
     x = self._embed(inputs, jnp.arange(inputs.shape[1]) + (prefix is not None), rngs)
     if prefix is not None:
-      start = prefix + (sinusoids(jnp.zeros((1,), jnp.int32), self.cfg.d_model)
-                        if self.cfg.positions == "sinusoidal" else 0.0)
+      start = prefix + self._positions(jnp.zeros((1,), jnp.int32))
       x = jnp.concatenate([jnp.broadcast_to(start, (x.shape[0], 1, x.shape[2])), x], axis=1)
       input_lengths = input_lengths + 1
     for block in self.encoder:
@@ -191,6 +205,9 @@ class Transformer(nnx.Module):
                if jnp.issubdtype(x.dtype, jnp.floating))
 
   def init_caches(self, batch: int, max_length: int):
+    if self.position_table is not None and max_length > self.cfg.max_positions:
+      raise ValueError(f"learned positions: decoding {max_length} positions exceeds the "
+                       f"table's max_positions={self.cfg.max_positions}")
     return [block.self_attention.init_cache(batch, max_length) for block in self.decoder]
 
   def decode_step(self, token, position, caches, memory=None, input_lengths=None):

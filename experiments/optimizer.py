@@ -7,11 +7,12 @@ ValueError listing the valid ones and the closest match, never a silent default.
 
 from __future__ import annotations
 
-import difflib
-from typing import Callable, Mapping
+from typing import Callable
 
 import jax.numpy as jnp
 import optax
+
+from experiments.console import choose
 
 
 def _cosine(rate, warmup, num_steps, drop_at, drop_factor):
@@ -49,15 +50,6 @@ def _radam(schedule, b1, b2, weight_decay):
 
 # name -> (schedule, b1, b2, weight_decay) -> the update after clipping.
 OPTIMIZERS: dict[str, Callable] = {"adamw": _adamw, "radam": _radam}
-
-
-def choose(table: Mapping[str, object], name: str, what: str):
-  """table[name], or ValueError naming `what`, the valid names and the closest one."""
-  if name in table:
-    return table[name]
-  close = difflib.get_close_matches(str(name), list(table), n=1)
-  hint = f" (did you mean {close[0]!r}?)" if close else ""
-  raise ValueError(f"{what}={name!r}; choose from {tuple(table)}{hint}")
 
 
 def learning_rate_schedule(decay: str, learning_rate: float, warmup_steps: int,

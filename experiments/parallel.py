@@ -120,14 +120,6 @@ def state_shardings(mesh, state):
   return jax.tree.map(spec, state)
 
 
-def process_rows(batch: dict) -> dict:
-  """This process's rows of a global batch that every process holds in full (evaluation)."""
-  count, index = jax.process_count(), jax.process_index()
-  if count == 1:
-    return batch
-  return {k: np.split(v, count)[index] for k, v in batch.items()}
-
-
 def to_global(local_batch: dict, sharding) -> dict:
   """One global array per field from each process's rows (one process: a device_put)."""
   return {k: jax.make_array_from_process_local_data(sharding, v) for k, v in local_batch.items()}

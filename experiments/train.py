@@ -20,10 +20,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
-import tqdm
 from flax import nnx
 
-from experiments import (checks, checkpoints, data, decode, footprint, metrics,
+from experiments import (checks, checkpoints, console, data, decode, footprint, metrics,
                          objectives, optimizer, parallel, rundir, tasks)
 from experiments.train_state import TrainState, model_config
 
@@ -86,14 +85,15 @@ def _evaluate(steps, params, task, cfg, split, max_batches=None) -> dict:
   return _metrics(steps, split, _totals(steps, params, task, cfg, split, max_batches))
 
 
-def _final_evaluation(steps, params, task, cfg, splits) -> dict:
+def _final_evaluation(steps, params, task, cfg, splits, starting=lambda split: None) -> dict:
   """Metrics of every split in `splits` ("test" meaning the task's test splits), decoding
   where the objective does; with several test splits (MQAR's (L, N) pairs) also their
-  pooled `test_*` metrics."""
+  pooled `test_*` metrics. `starting(split)` is called as each split begins (the bar)."""
   named = [s for split in splits
            for s in (task.test_splits if split == "test" else (split,)) if s in task.sources]
   final, tests = {}, []
   for split in dict.fromkeys(named):
+    starting(split)
     totals = _totals(steps, params, task, cfg, split, decoding=steps.objective.decodes)
     final.update(_metrics(steps, split, totals, steps.objective.decodes))
     if split in task.test_splits:
@@ -110,10 +110,11 @@ def train_and_evaluate(config, workdir: str) -> dict:
   Data-parallel over every device of every process (config.mesh, experiments/parallel.py).
   A finished run returns its final metrics unchanged, unless `config.reevaluate`.
   """
-  checks.check_config(config)
-  mesh = parallel.make_mesh(config.mesh)
-  parallel.check_batches(mesh.shape, config)
-  footprint.check_fits(config, dict(mesh.shape))  # before any data is built
+  with console.config_mistakes():  # before any data is built; launch.py prints them plainly
+    checks.check_config(config)
+    mesh = parallel.make_mesh(config.mesh)
+    parallel.check_batches(mesh.shape, config)
+    footprint.check_fits(config, dict(mesh.shape))
   os.makedirs(workdir, exist_ok=True)
   with rundir.hold(workdir, jax.process_index()), jax.set_mesh(mesh):  # mesh: for ring
     return _train_and_evaluate(config, workdir, mesh)
@@ -185,9 +186,9 @@ def _train_and_evaluate(config, workdir: str, mesh) -> dict:
 
   pending, tokens = [], 0
   interval_start = time.perf_counter()
-  progress = tqdm.tqdm(total=config.num_train_steps, initial=start, desc=os.path.basename(
-      os.path.normpath(workdir)), disable=not (config.progress_bar and first_process),
-                       dynamic_ncols=True)
+  progress = console.progress(total=config.num_train_steps, initial=start, unit="step",
+                              desc=os.path.basename(os.path.normpath(workdir)),
+                              disable=not (config.progress_bar and first_process))
   try:
     for step in range(start + 1, config.num_train_steps + 1):
       state, step_metrics = steps.train(state, parallel.to_global(local, batch_sharding))
@@ -203,7 +204,7 @@ def _train_and_evaluate(config, workdir: str, mesh) -> dict:
                       process_peak_rss_mib=_peak_rss_mib(),
                       **(run_info if step - len(pending) == start else {}))
         writer.write(step, logged)
-        progress.set_postfix(loss=f"{logged['train_loss']:.3f}",
+        progress.set_postfix(loss=f"{logged['train_loss']:.3f}", refresh=False,
                              steps_per_s=f"{logged['steps_per_second']:.1f}")
         pending, tokens, interval_start = [], 0, time.perf_counter()
       if step % config.eval_every == 0 or step == config.num_train_steps:
@@ -215,7 +216,8 @@ def _train_and_evaluate(config, workdir: str, mesh) -> dict:
       progress.update(1)
       if step < config.num_train_steps:
         local = next(train_iter)
-    final = _final_evaluation(steps, state.params, task, config.data, config.decode_splits)
+    final = _final_evaluation(steps, state.params, task, config.data, config.decode_splits,
+                              lambda split: progress.set_postfix_str(f"final evaluation: {split}"))
     longest = max(length for length, _ in task.lengths.values())
     final["state_size"] = state.model().state_size(longest)
     ckpt.wait()  # the final record marks the run finished: its checkpoints come first

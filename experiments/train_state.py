@@ -58,6 +58,7 @@ def model_config(model, vocab_size: int, shape: str = "encoder_decoder",
   options = tuple((name, registry.frozen(model.options[name])) for name in sorted(used))
   return TransformerConfig(
       vocab_size=vocab_size, shape=shape, pooling=model.pooling, positions=model.positions,
+      max_positions=model.max_positions,
       num_classes=num_classes, d_model=model.d_model, num_heads=model.num_heads,
       num_kv_heads=model.num_kv_heads, d_ff=model.d_ff,
       num_encoder_layers=model.num_encoder_layers, num_decoder_layers=model.num_decoder_layers,

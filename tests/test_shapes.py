@@ -158,3 +158,32 @@ def test_state_sizes_follow_the_formulas():
   assert sizes["local"] == layers * 2 * (3 + 1) * K * H
   for gated in attention_zoo.registry.names(causal_only=True):
     assert sizes[gated] == layers * N * H * H, gated
+
+
+ALIBI = [n for n in attention_zoo.registry.names(decodes=True)
+         if "score_mod" not in attention_zoo.registry.entry(n).refuses]
+
+
+@pytest.mark.parametrize("variant,positions", [(v, "alibi") for v in ALIBI] +
+                         [("softmax", "learned"), ("gla", "learned")])
+def test_learned_and_alibi_decoding_equals_recomputation(variant, positions):
+  """ALiBi decodes at the true positions of the query and of every cached key (local's
+  rolling cache included); learned positions add the table's row of the step."""
+  test_decoder_only_decoding_equals_recomputation(variant, positions)
+
+
+@pytest.mark.parametrize("positions", ["learned", "alibi"])
+def test_classifier_with_learned_and_alibi_positions_ignores_padding(positions):
+  test_classifier_ignores_padding("cls", positions)
+
+
+def test_alibi_needs_score_mod_and_learned_positions_have_a_limit():
+  refusing = [n for n in attention_zoo.names()
+              if "score_mod" in attention_zoo.registry.entry(n).refuses]
+  with pytest.raises(ValueError, match="alibi positions need a variant that takes score_mod"):
+    _model("decoder", refusing[0], positions="alibi")
+  model = _model("decoder", positions="learned", max_positions=8)
+  with pytest.raises(ValueError, match="9 positions exceed the table's max_positions=8"):
+    model.language_model(jnp.ones((1, 9), jnp.int32), jnp.array([9], jnp.int32))
+  with pytest.raises(ValueError, match="decoding 9 positions exceeds"):
+    model.init_caches(1, 9)

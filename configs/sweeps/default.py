@@ -35,7 +35,8 @@ def get_config():
   variants = {name: base.attention_fields(name) for name in attention_zoo.names()}
   c = base.sweep(config(), axes=[("variant", variants)], rows=["variant"], over=None,
                  metrics=("test_exact_accuracy", "test_long_exact_accuracy", "test_loss",
-                          "steps_per_second", "tokens_per_second", "train_step_memory_mib"))
+                          "steps_per_second", "tokens_per_second", "train_step_memory_mib"),
+                 minutes=16)
   with c.unlocked():  # how the table shows each metric (experiments/sweeps/report.py)
     c.table.headers = dict(
         test_exact_accuracy="exact-sequence accuracy (test)",

@@ -19,4 +19,4 @@ def get_config():
   c.update(dict(num_train_steps=30, log_every=5, eval_every=15, checkpoint_every=10,
                 eval_batches=1))
   return base.sweep(c, axes=[("model.attention", ("softmax", "linear")), ("seed", (0, 1))],
-                    rows=["model.attention"])
+                    rows=["model.attention"], minutes=1)

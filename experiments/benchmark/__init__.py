@@ -16,6 +16,7 @@ import platform
 
 import jax
 
+from experiments import console
 from experiments.benchmark import attention, devices, papers, peers, recurrences
 
 
@@ -29,9 +30,13 @@ KINDS = {"attention": _attention, "rabe_staats": papers.rabe_staats,
          "recurrence": recurrences.run}
 
 
+def check(config) -> None:
+  """Raises ValueError on an unknown benchmark kind (the closest named)."""
+  console.choose(KINDS, config.kind, "config.kind")
+
+
 def run(config, workdir: str) -> str:
-  if config.kind not in KINDS:
-    raise ValueError(f"config.kind={config.kind!r}; choose from {sorted(KINDS)}")
+  check(config)
   os.makedirs(workdir, exist_ok=True)
   machine = (f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores, "
              f"{jax.devices()[0].device_kind}, JAX {jax.__version__}"

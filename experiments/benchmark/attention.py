@@ -51,7 +51,7 @@ def run(config) -> list[dict]:
   for spec in config.variants:
     name, options = parse_variant(spec)
     candidates[spec] = attention_zoo.get(name, **options)
-  use_torch = config.torch and peers.torch_available() and jax.default_backend() == "cpu"
+  torch_absent = peers.torch_absence() if config.torch else None  # then named in the table
   rows = []
   for length, is_causal, mode in itertools.product(config.lengths, config.causal, config.modes):
     shape = (config.batch, length, config.heads, config.head_dim)
@@ -64,9 +64,10 @@ def run(config) -> list[dict]:
                                     repeats=config.repeats, seconds=config.seconds_per_case,
                                     budget_bytes=budget)
              for label, attend in candidates.items()}
-    if use_torch:
-      found["torch"] = peers.time_torch(shape, config.dtype, is_causal, backward,
-                                        repeats=config.repeats, seconds=config.seconds_per_case)
+    if config.torch:
+      found["torch"] = (measure.Measurement(status=torch_absent) if torch_absent else
+                        peers.time_torch(shape, config.dtype, is_causal, backward,
+                                         repeats=config.repeats, seconds=config.seconds_per_case))
     base = found["jax"].median_ms
     for label, m in found.items():
       dense = label.split(":")[0] in DENSE

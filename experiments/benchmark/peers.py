@@ -34,6 +34,15 @@ def torch_available() -> bool:
   return importlib.util.find_spec("torch") is not None
 
 
+def torch_absence() -> str | None:
+  """Why PyTorch cannot be timed here, as the table's status for its row, or None if it can."""
+  if not torch_available():
+    return "absent: PyTorch is not installed (pip install -r requirements-bench.txt)"
+  if jax.default_backend() != "cpu":
+    return f"absent: PyTorch is timed on CPU only (here {jax.default_backend()})"
+  return None
+
+
 def time_torch(shape, dtype: str, is_causal: bool, backward: bool, *, repeats: int,
                seconds: float) -> Measurement:
   """torch.nn.functional.scaled_dot_product_attention on [B, N, T, H] tensors."""

@@ -17,7 +17,7 @@ import traceback
 
 import tqdm
 
-from experiments import children, metrics, train
+from experiments import children, console, metrics, train
 from experiments.sweeps import grid
 
 FAILURE = "failure.json"
@@ -50,6 +50,7 @@ def _train_in_child(config, workdir: str) -> None:
   os.makedirs(workdir, exist_ok=True)
   log = os.open(os.path.join(workdir, "log.txt"), os.O_WRONLY | os.O_CREAT | os.O_APPEND)
   os.dup2(log, 1), os.dup2(log, 2)
+  console.quiet()  # a fresh process: the libraries' noise would fill log.txt
   try:
     train.train_and_evaluate(config, workdir)
   except KeyboardInterrupt:
@@ -61,6 +62,7 @@ def _train_in_child(config, workdir: str) -> None:
 
 
 def _record_failure(workdir: str, error: str, details: str = "") -> None:
+  os.makedirs(workdir, exist_ok=True)  # a child can fail before it made its run directory
   with open(os.path.join(workdir, FAILURE), "w", encoding="utf-8") as f:
     json.dump({"error": error, "traceback": details}, f, indent=2)
 
@@ -95,9 +97,9 @@ def run_all(sweep, workdir: str, runs: list[grid.Run]) -> dict[str, str]:
   pending = [run for run in runs if states[run.name] == "pending"]
   running: dict[str, tuple] = {}
   steps = {run.name: _last_step(os.path.join(workdir, run.name)) for run in runs}
-  progress = tqdm.tqdm(total=sum(run.config.num_train_steps for run in runs), unit="step",
-                       desc=os.path.basename(os.path.normpath(workdir)), dynamic_ncols=True,
-                       initial=sum(steps.values()))
+  progress = console.progress(total=sum(run.config.num_train_steps for run in runs),
+                              unit="step", desc=os.path.basename(os.path.normpath(workdir)),
+                              initial=sum(steps.values()))
   try:
     while pending or running:
       while pending and len(running) < sweep.parallel:
@@ -120,9 +122,7 @@ def run_all(sweep, workdir: str, runs: list[grid.Run]) -> dict[str, str]:
         if states[name] == "failed":
           tqdm.tqdm.write(f"{name}: FAILED ({_error(run_dir)}); see {run_dir}/log.txt")
       progress.update(sum(steps.values()) - progress.n)
-      counts = {s: list(states.values()).count(s) for s in ("finished", "failed")}
-      progress.set_postfix(runs=f"{counts['finished']}/{len(runs)} done", failed=counts["failed"],
-                           running=",".join(running) or "-")
+      progress.set_postfix_str(doing(runs, states, running, steps), refresh=False)
   except KeyboardInterrupt:
     for process, *_ in running.values():
       process.terminate()
@@ -131,6 +131,17 @@ def run_all(sweep, workdir: str, runs: list[grid.Run]) -> dict[str, str]:
     progress.close()
   write_results(workdir, runs)
   return states
+
+
+def doing(runs: list[grid.Run], states: dict[str, str], running, steps: dict[str, int]) -> str:
+  """The bar's text: which runs of how many are running (and which are in their final
+  evaluation, when the step count stands still), how many are done and failed."""
+  now = [f"run {i} of {len(runs)}: {run.name}" + (
+      " (final evaluation)" if steps[run.name] >= run.config.num_train_steps else "")
+         for i, run in enumerate(runs, 1) if run.name in running]
+  done = list(states.values()).count("finished")
+  failed = list(states.values()).count("failed")
+  return "; ".join(now + [f"{done} done"] + ([f"{failed} failed"] if failed else []))
 
 
 def _error(run_dir: str) -> str:

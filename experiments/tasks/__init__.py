@@ -16,6 +16,8 @@ from typing import Callable
 
 import tensorflow_datasets as tfds
 
+from experiments import console
+
 # Importing text_pairs registers its builder, zoo_tiny_text_pairs, with TFDS.
 from experiments.tasks import listops, mqar, synthetic, text_pairs
 from experiments.tasks.listops import ZooListOps
@@ -93,7 +95,8 @@ def names() -> tuple[str, ...]:
 def entry(name: str) -> TaskEntry:
   """The task `name`'s entry; ValueError listing the tasks if there is none."""
   if name not in TASKS:
-    raise ValueError(f"config.data.task={name!r} is not a task; choose from {names()}")
+    raise ValueError(f"config.data.task={name!r} is not a task; choose from {names()}"
+                     f"{console.closest(name, TASKS)}")
   return TASKS[name]
 
 
