@@ -8,9 +8,9 @@
 import importlib as _importlib
 import os as _os
 
-from attention_zoo.registry import Attention, Variant, get, names, options, register
+from attention_zoo.registry import Attention, Variant, explain, get, names, options, register
 
-__all__ = ["Attention", "Variant", "get", "names", "options", "register"]
+__all__ = ["Attention", "Variant", "explain", "get", "names", "options", "register"]
 
 # Variants of other packages, registered by importing them: `ATTENTION_ZOO_PLUGINS=pkg.mod`
 # (comma-separated) makes launch.py and the shared tests see them (docs/add_a_variant.md).

@@ -20,7 +20,7 @@ from typing import Callable, NamedTuple
 import jax
 import jax.numpy as jnp
 
-from attention_zoo import masking, online_softmax, validation
+from attention_zoo import implementations, masking, online_softmax, validation
 
 NAME = "chunked"
 # Measured on the 2-core CPU (T=4096, 8 heads, head dim 64; `python launch.py bench`):
@@ -37,7 +37,7 @@ def chunked_attention(query, key, value, bias=None, mask=None, *, scale=None, is
                       local_window_size=None, segment_ids=None, logit_soft_cap=None,
                       sinks=None, score_mod=None, mask_mod=None,
                       query_chunk_size=DEFAULT_QUERY_CHUNK_SIZE,
-                      key_chunk_size=DEFAULT_KEY_CHUNK_SIZE):
+                      key_chunk_size=DEFAULT_KEY_CHUNK_SIZE, implementation=None):
   """Equal to `softmax` (to float32 rounding) on every argument, in O(T + S) memory.
 
   Blocks that causality or the window rule out entirely are skipped, not computed
@@ -49,11 +49,23 @@ def chunked_attention(query, key, value, bias=None, mask=None, *, scale=None, is
   block by block with broadcast index arrays, never on a [T, S] array; gradients reach the
   arrays a score_mod captures (its closure is converted into explicit arguments). Blocks
   where mask_mod is False everywhere are skipped: which, is decided once per call by
-  evaluating mask_mod block by block (`_mask_visits`). Lengths need not be multiples of the chunk sizes, and chunk sizes above
-  them are clipped to them. A query row that can attend no key returns zeros; NaN reaches
-  the rows it does in `softmax`. Supports reverse-mode differentiation (not forward mode).
+  evaluating mask_mod block by block (`_mask_visits`). Lengths need not be multiples of the
+  chunk sizes, and chunk sizes above them are clipped to them. A query row that can attend
+  no key returns zeros; NaN reaches the rows it does in `softmax`. Supports reverse-mode
+  differentiation (not forward mode). `implementation`: None, "xla" (this code), "cudnn" or
+  "pallas" (attention_zoo/implementations.py).
   """
-  check_options(query_chunk_size, key_chunk_size)
+  check_options(query_chunk_size, key_chunk_size, implementation)
+  dims = validation.check_inputs(NAME, query, key, value, bias, mask)
+  call = dict(bias=bias, mask=mask, query_seq_lengths=query_seq_lengths,
+              key_value_seq_lengths=key_value_seq_lengths, local_window_size=local_window_size,
+              segment_ids=segment_ids, logit_soft_cap=logit_soft_cap, sinks=sinks,
+              score_mod=score_mod, mask_mod=mask_mod)
+  chosen, _ = implementations.choose(NAME, implementation, dims, query.dtype, call)
+  if chosen != "xla":
+    return implementations.run(chosen, query, key, value,
+                               scale=validation.default_scale(NAME, scale, dims.H),
+                               is_causal=is_causal, **call).astype(query.dtype)
   return blocked_attention(NAME, query, key, value, bias, mask, scale=scale,
                            is_causal=is_causal, query_seq_lengths=query_seq_lengths,
                            key_value_seq_lengths=key_value_seq_lengths,
@@ -64,9 +76,10 @@ def chunked_attention(query, key, value, bias=None, mask=None, *, scale=None, is
 
 
 def check_options(query_chunk_size=DEFAULT_QUERY_CHUNK_SIZE,
-                  key_chunk_size=DEFAULT_KEY_CHUNK_SIZE):
+                  key_chunk_size=DEFAULT_KEY_CHUNK_SIZE, implementation=None):
   validation.check_positive(NAME, query_chunk_size=query_chunk_size,
                             key_chunk_size=key_chunk_size)
+  implementations.check(NAME, implementation)
 
 
 def blocked_attention(variant, query, key, value, bias, mask, *, scale, is_causal,

@@ -17,8 +17,8 @@ from typing import Callable, Mapping, NamedTuple
 
 import jax
 
-from attention_zoo import (chunked, decoding, deltanet, gated_deltanet, gla, linear, local,
-                           retention, ring, softmax, validation)
+from attention_zoo import (chunked, decoding, deltanet, gated_deltanet, gla, implementations,
+                           linear, local, retention, ring, softmax, validation)
 
 
 class Input(NamedTuple):
@@ -71,7 +71,8 @@ def _recurrence(module, normalize_qk=False, **inputs) -> Variant:
 
 
 VARIANTS: dict[str, Variant] = {
-    softmax.NAME: Variant(softmax.softmax_attention, decoder=decoding.KV_CACHE),
+    softmax.NAME: Variant(softmax.softmax_attention, softmax.check_options,
+                          decoder=decoding.KV_CACHE),
     chunked.NAME: Variant(chunked.chunked_attention, chunked.check_options,
                           decoder=decoding.KV_CACHE),
     local.NAME: Variant(local.local_attention, local.check_options,
@@ -128,6 +129,19 @@ def register(name: str, variant: Variant) -> None:
   if variant.equals is not None:
     _lookup(variant.equals)
   VARIANTS[name] = variant
+
+
+def explain(name: str, query, key, value, bias=None, mask=None, **arguments) -> str:
+  """Which implementation of `name` runs this call here, and why (options and call
+  arguments together in `arguments`, as `get(name, **options)(q, k, v, **call)` takes)."""
+  own = options(name)
+  if "implementation" not in own:
+    return f"{name}: its own code (it has one implementation)"
+  call = {a: x for a, x in arguments.items() if a not in own and a not in ("scale", "is_causal")}
+  dims = validation.check_inputs(name, query, key, value, bias, mask)
+  impl, why = implementations.choose(name, arguments.get("implementation"), dims, query.dtype,
+                                     dict(call, bias=bias, mask=mask))
+  return f"{name}: {impl} ({why})"
 
 
 def names(**capabilities) -> list[str]:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 
-from attention_zoo import masking, validation
+from attention_zoo import implementations, masking, validation
 
 NAME = "softmax"
 
@@ -27,7 +27,7 @@ def from_blocks_layout(out):
 def softmax_attention(query, key, value, bias=None, mask=None, *, scale=None, is_causal=False,
                       query_seq_lengths=None, key_value_seq_lengths=None,
                       local_window_size=None, segment_ids=None, logit_soft_cap=None,
-                      sinks=None, score_mod=None, mask_mod=None):
+                      sinks=None, score_mod=None, mask_mod=None, implementation=None):
   """Softmax attention with the semantics of `jax.nn.dot_product_attention`, and
   `segment_ids` (int [B, T], or a (query [B, T], key [B, S]) pair): a query attends only
   keys of its own segment (packed sequences); `logit_soft_cap`: logits = cap·tanh(logits /
@@ -37,6 +37,8 @@ def softmax_attention(query, key, value, bias=None, mask=None, *, scale=None, is
   kv_idx) -> score` (after scale and bias, before the cap) and `mask_mod(b, h, q_idx, kv_idx)
   -> bool` as FlexAttention's, called once on broadcast index arrays of the whole [B, N, T, S]
   grid: the dense oracle of `chunked`'s blockwise ones (attention_zoo/mods.py has examples).
+  `implementation`: None, "xla" (this code), "cudnn" or "pallas" (attention_zoo/
+  implementations.py).
 
   Time and memory O(T·S). Logits, softmax and the value sum are float32; the output
   has the query's dtype. A query row that can attend no key (masked out, padding)
@@ -49,6 +51,14 @@ def softmax_attention(query, key, value, bias=None, mask=None, *, scale=None, is
                                  key_value_seq_lengths=key_value_seq_lengths)
   window = validation.normalize_window(NAME, local_window_size)
   scale = validation.default_scale(NAME, scale, dims.H)
+  call = dict(bias=bias, mask=mask, query_seq_lengths=query_seq_lengths,
+              key_value_seq_lengths=key_value_seq_lengths, local_window_size=window,
+              segment_ids=segment_ids, logit_soft_cap=logit_soft_cap, sinks=sinks,
+              score_mod=score_mod, mask_mod=mask_mod)
+  chosen, _ = implementations.choose(NAME, implementation, dims, query.dtype, call)
+  if chosen != "xla":
+    return implementations.run(chosen, query, key, value, scale=scale, is_causal=is_causal,
+                               **call).astype(query.dtype)
 
   q, k, v = to_blocks_layout(query, key, value, dims.K)
   logits = jnp.einsum("bkgth,bksh->bkgts", q, k, preferred_element_type=jnp.float32) * scale
@@ -70,6 +80,10 @@ def softmax_attention(query, key, value, bias=None, mask=None, *, scale=None, is
   # Zero weights times a NaN value are NaN: rows with no key are zeroed after the product.
   out = jnp.where(empty, 0.0, out)
   return from_blocks_layout(out).astype(query.dtype)
+
+
+def check_options(implementation=None):
+  implementations.check(NAME, implementation)
 
 
 def grid_indices(B, K, G, T, S):

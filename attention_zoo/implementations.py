@@ -1,0 +1,115 @@
+"""Which kernel computes `softmax` and `chunked`: the `implementation` option.
+
+- `"xla"`: this library's own code (every platform; the reference of the others).
+- `"cudnn"`: `jax.nn.dot_product_attention(implementation="cudnn")`, a fused flash kernel on
+  NVIDIA GPUs (float16 or bfloat16, head dim a multiple of 8 up to 128).
+- `"pallas"`: JAX's own Pallas flash-attention kernel (`jax.experimental.pallas.ops.gpu`);
+  off a GPU it runs in Pallas's interpret mode (exact, slow: how it is tested on CPU).
+- `None`: the fastest that honours every argument of the call on the current platform
+  (cudnn, then pallas, on a GPU; xla elsewhere). `explain(...)` says which one runs and why.
+
+An implementation asked for by name that cannot honour an argument raises, naming it; none
+drops a mask, bias, window, length or any other argument.
+"""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+
+IMPLEMENTATIONS = ("xla", "cudnn", "pallas")
+PALLAS_BLOCK = 64  # the Pallas kernel's block rows (lengths are padded to a multiple)
+
+
+def check(variant: str, implementation) -> None:
+  if implementation is not None and implementation not in IMPLEMENTATIONS:
+    raise ValueError(f"{variant}: implementation must be None or one of {IMPLEMENTATIONS}, "
+                     f"got {implementation!r}")
+
+
+def refusals(implementation: str, dims, dtype, call: dict) -> list[str]:
+  """The arguments of this call (given, not None) that `implementation` cannot honour, each
+  with why; [] if it honours them all."""
+  given = {a for a, x in call.items() if x is not None and x is not False}
+  if implementation == "xla":
+    return []
+  out = []
+  if jax.default_backend() != "gpu" and implementation == "cudnn":
+    out.append(f"platform {jax.default_backend()!r} (cudnn needs an NVIDIA GPU)")
+  if implementation == "cudnn":
+    out += [f"{a} (not an argument of jax.nn.dot_product_attention)" for a in sorted(given & {
+        "segment_ids", "logit_soft_cap", "sinks", "score_mod", "mask_mod"})]
+    if jnp.dtype(dtype) not in (jnp.dtype(jnp.float16), jnp.dtype(jnp.bfloat16)):
+      out.append(f"dtype {jnp.dtype(dtype).name} (cudnn takes float16 or bfloat16)")
+    if dims.H % 8 or dims.H > 128:
+      out.append(f"head dim {dims.H} (cudnn takes multiples of 8 up to 128)")
+  if implementation == "pallas":
+    out += [f"{a} (the Pallas kernel takes causal and segment ids only)" for a in sorted(
+        given & {"bias", "mask", "query_seq_lengths", "key_value_seq_lengths",
+                 "local_window_size", "logit_soft_cap", "sinks", "score_mod", "mask_mod"})]
+    if call.get("segment_ids") is not None and dims.T != dims.S:
+      out.append(f"segment_ids with T={dims.T} != S={dims.S} (one id array for both)")
+    if dims.T != dims.S and (dims.T % PALLAS_BLOCK or dims.S % PALLAS_BLOCK
+                             or dims.S % (dims.T // PALLAS_BLOCK)):
+      out.append(f"T={dims.T}, S={dims.S}: unequal lengths must be multiples of "
+                 f"{PALLAS_BLOCK} and S split into as many blocks as T (its fused backward)")
+  return out
+
+
+def choose(variant: str, implementation, dims, dtype, call: dict) -> tuple[str, str]:
+  """(the implementation that runs, why). A named one that cannot honour the call raises
+  NotImplementedError naming the arguments."""
+  check(variant, implementation)
+  if implementation is not None:
+    refused = refusals(implementation, dims, dtype, call)
+    if refused:
+      raise NotImplementedError(f"{variant} attention with implementation={implementation!r} "
+                                f"does not support: {'; '.join(refused)}")
+    return implementation, "asked for by name"
+  if jax.default_backend() != "gpu":
+    return "xla", f"platform {jax.default_backend()!r}: xla is the fast one off a GPU"
+  skipped = []
+  for candidate in ("cudnn", "pallas"):
+    refused = refusals(candidate, dims, dtype, call)
+    if not refused:
+      return candidate, ("the fastest on this GPU that honours the call" if not skipped else
+                         "; ".join(skipped))
+    skipped.append(f"{candidate} cannot take {', '.join(r.split(' (')[0] for r in refused)}")
+  return "xla", "; ".join(skipped)
+
+
+def run(implementation: str, query, key, value, bias, mask, *, scale, is_causal, segment_ids,
+        **call):
+  """The call on the chosen non-xla implementation (`choose` has checked it honours it)."""
+  if implementation == "cudnn":
+    return jax.nn.dot_product_attention(
+        query, key, value, bias, mask, scale=scale, is_causal=is_causal, implementation="cudnn",
+        query_seq_lengths=call.get("query_seq_lengths"),
+        key_value_seq_lengths=call.get("key_value_seq_lengths"),
+        local_window_size=call.get("local_window_size"))
+  return _pallas(query, key, value, scale=scale, is_causal=is_causal,
+                 segment_ids=None if segment_ids is None else segment_ids[0])
+
+
+def _pallas(query, key, value, *, scale, is_causal, segment_ids):
+  """Pallas's flash attention. Its kernel needs as many key/value heads as query heads (the
+  groups are repeated) and lengths that are multiples of its blocks: equal lengths are
+  padded, the padding put in a segment of its own that no real query attends."""
+  from jax.experimental.pallas.ops.gpu import attention as pallas_attention  # GPU-only import
+  B, T, N, H = query.shape
+  S = key.shape[1]
+  key, value = (jnp.repeat(x, N // key.shape[2], axis=2) for x in (key, value))
+  pad = -T % PALLAS_BLOCK if T == S else 0
+  if pad:
+    ids = jnp.zeros((B, T), jnp.int32) if segment_ids is None else segment_ids
+    segment_ids = jnp.pad(ids, ((0, 0), (0, pad)), constant_values=jnp.min(ids) - 1)
+    query, key, value = (jnp.pad(x, ((0, 0), (0, pad), (0, 0), (0, 0)))
+                         for x in (query, key, value))
+  block_q = min(PALLAS_BLOCK, T + pad)
+  block_k = min(PALLAS_BLOCK, S + pad)
+  block_k_back = (S + pad) // ((T + pad) // block_q)  # as many key blocks as query blocks
+  blocks = pallas_attention.BlockSizes(block_q, block_k, block_q, block_k_back, block_q,
+                                       block_k_back)
+  out = pallas_attention.mha(query, key, value, segment_ids, sm_scale=scale, causal=is_causal,
+                             block_sizes=blocks, interpret=jax.default_backend() != "gpu")
+  return out[:, :T]
