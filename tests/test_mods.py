@@ -12,6 +12,7 @@ from attention_zoo import chunked, mods, registry, softmax
 
 TAKING = [n for n in attention_zoo.names()
           if not {"score_mod", "mask_mod"} & set(registry.entry(n).refuses)]
+BLOCKWISE = [n for n in TAKING if n != "softmax"]  # softmax is the dense reference itself
 OPTIONS = {"chunked": dict(query_chunk_size=4, key_chunk_size=3),
            "local": dict(block_size=4, local_window_size=(5, 3))}
 B, T, N, K, H = 2, 13, 4, 2, 8
@@ -40,7 +41,7 @@ MASKS = {"causal": mods.causal, "sliding_window": mods.sliding_window(3, 1),
          "and_masks": mods.and_masks(mods.causal, mods.sliding_window(4))}
 
 
-@pytest.mark.parametrize("name", TAKING)
+@pytest.mark.parametrize("name", BLOCKWISE)
 @pytest.mark.parametrize("mask", sorted(MASKS))
 def test_mask_mod_equals_the_dense_mask(name, mask):
   q, k, v, cot = _arrays()
