@@ -1,6 +1,7 @@
 """The how-to pages in docs/ work as written: their files and commands, run as a user would."""
 
 import importlib
+import json
 import os
 import re
 import subprocess
@@ -45,3 +46,29 @@ def test_api_reference_has_a_page_per_public_module(tmp_path):
     first_words = importlib.import_module(f"attention_zoo.{name}").__doc__.split()[:2]
     assert " ".join(first_words) in page, name
   assert "chunked_attention" in (tmp_path / "attention_zoo" / "chunked.html").read_text()
+
+
+def test_add_a_task_page(tmp_path):
+  """A toy task from a package outside the checkout trains for two steps through
+  launch.py with the page's config, as docs/add_a_task.md says (step 3)."""
+  from experiments import children  # pylint: disable=import-outside-toplevel
+  files = _files("add_a_task.md")
+  assert {"my_tasks/increment.py", "my_tasks/increment_config.py"} <= set(files)
+  for path, body in files.items():
+    (tmp_path / path).parent.mkdir(parents=True, exist_ok=True)
+    (tmp_path / path).write_text(body)
+  small = {"data.data_dir": str(tmp_path / "data"), "data.num_train": 64,
+           "data.num_eval": 8, "data.batch_size": 8, "data.eval_batch_size": 8,
+           "model.d_model": 16, "model.num_heads": 2, "model.d_ff": 32,
+           "model.num_encoder_layers": 1, "model.num_decoder_layers": 1,
+           "num_train_steps": 2, "log_every": 1, "eval_every": 2, "checkpoint_every": 2,
+           "eval_batches": 1}
+  result = children.run(argv=["launch.py", "--config",
+                              str(tmp_path / "my_tasks" / "increment_config.py"),
+                              "--workdir", str(tmp_path / "run"),
+                              *(f"--config.{k}={v}" for k, v in small.items())],
+                        env={"PYTHONPATH": os.pathsep.join([str(tmp_path), REPO])},
+                        timeout=600)
+  assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-3000:]
+  final = json.loads((tmp_path / "run" / "final_metrics.json").read_text())
+  assert "test_exact_accuracy" in final and "test_long_exact_accuracy" in final

@@ -56,7 +56,8 @@ class TaskEntry:
             max(t for _, t in lengths))
 
 
-def _synthetic(builder_cls) -> TaskEntry:
+def synthetic_entry(builder_cls) -> TaskEntry:
+  """The entry of a generated sequence-pair task (a synthetic.SyntheticTask subclass)."""
   return TaskEntry(
       builder=lambda cfg: (builder_cls, synthetic.builder_config(cfg)),
       vocab_size=lambda cfg: builder_cls.vocab_size(synthetic.builder_config(cfg)),
@@ -67,7 +68,7 @@ def _synthetic(builder_cls) -> TaskEntry:
 SYNTHETIC = {"copy": ZooCopy, "reverse": ZooReverse, "sort": ZooSort, "addition": ZooAddition}
 
 TASKS: dict[str, TaskEntry] = {
-    **{name: _synthetic(builder_cls) for name, builder_cls in SYNTHETIC.items()},
+    **{name: synthetic_entry(builder_cls) for name, builder_cls in SYNTHETIC.items()},
     # LRA's ListOps, generated; its one-digit answer is a class by default.
     "listops": TaskEntry(
         builder=lambda cfg: (ZooListOps, listops.builder_config(cfg)),

@@ -68,7 +68,7 @@ def check(cfg) -> None:
                      f"{cfg.long_max_length}")
 
 
-class _SyntheticTask(tfds.core.GeneratorBasedBuilder):
+class SyntheticTask(tfds.core.GeneratorBasedBuilder):
   """Base: subclasses define `example(rng, length) -> (inputs, targets)` and `vocab_size`."""
 
   VERSION = tfds.core.Version("1.0.0")
@@ -105,7 +105,7 @@ class _SyntheticTask(tfds.core.GeneratorBasedBuilder):
     return rng.integers(0, self.builder_config.vocab_size, size=length)
 
 
-class ZooCopy(_SyntheticTask):
+class ZooCopy(SyntheticTask):
   """Copy: the target is the input (the sequence-duplication task of Katharopoulos et al.)."""
 
   def example(self, rng, length):
@@ -113,7 +113,7 @@ class ZooCopy(_SyntheticTask):
     return x, x
 
 
-class ZooReverse(_SyntheticTask):
+class ZooReverse(SyntheticTask):
   """Reverse: the target is the input backwards."""
 
   def example(self, rng, length):
@@ -121,7 +121,7 @@ class ZooReverse(_SyntheticTask):
     return x, x[::-1]
 
 
-class ZooSort(_SyntheticTask):
+class ZooSort(SyntheticTask):
   """Sort: the target is the input in ascending order."""
 
   def example(self, rng, length):
@@ -129,7 +129,7 @@ class ZooSort(_SyntheticTask):
     return x, np.sort(x)
 
 
-class ZooAddition(_SyntheticTask):
+class ZooAddition(SyntheticTask):
   """Addition: 'a+b' -> the digits of a + b; lengths count each operand's digits.
 
   Symbols 0-9 are digits and 10 is '+' (vocab_size is fixed at 11).
