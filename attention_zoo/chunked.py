@@ -32,6 +32,7 @@ DEFAULT_KEY_CHUNK_SIZE = 256
 
 
 @validation.call_forms(NAME)
+@implementations.dispatching(NAME)
 def chunked_attention(query, key, value, bias=None, mask=None, *, scale=None, is_causal=False,
                       query_seq_lengths=None, key_value_seq_lengths=None,
                       local_window_size=None, segment_ids=None, logit_soft_cap=None,
@@ -56,16 +57,6 @@ def chunked_attention(query, key, value, bias=None, mask=None, *, scale=None, is
   "pallas" (attention_zoo/implementations.py).
   """
   check_options(query_chunk_size, key_chunk_size, implementation)
-  dims = validation.check_inputs(NAME, query, key, value, bias, mask)
-  call = dict(bias=bias, mask=mask, query_seq_lengths=query_seq_lengths,
-              key_value_seq_lengths=key_value_seq_lengths, local_window_size=local_window_size,
-              segment_ids=segment_ids, logit_soft_cap=logit_soft_cap, sinks=sinks,
-              score_mod=score_mod, mask_mod=mask_mod)
-  chosen, _ = implementations.choose(NAME, implementation, dims, query.dtype, call)
-  if chosen != "xla":
-    return implementations.run(chosen, query, key, value,
-                               scale=validation.default_scale(NAME, scale, dims.H),
-                               is_causal=is_causal, **call).astype(query.dtype)
   return blocked_attention(NAME, query, key, value, bias, mask, scale=scale,
                            is_causal=is_causal, query_seq_lengths=query_seq_lengths,
                            key_value_seq_lengths=key_value_seq_lengths,

@@ -14,8 +14,12 @@ drops a mask, bias, window, length or any other argument.
 
 from __future__ import annotations
 
+import functools
+
 import jax
 import jax.numpy as jnp
+
+from attention_zoo import validation
 
 IMPLEMENTATIONS = ("xla", "cudnn", "pallas")
 PALLAS_BLOCK = 64  # the Pallas kernel's block rows (lengths are padded to a multiple)
@@ -76,6 +80,25 @@ def choose(variant: str, implementation, dims, dtype, call: dict) -> tuple[str, 
                          "; ".join(skipped))
     skipped.append(f"{candidate} cannot take {', '.join(r.split(' (')[0] for r in refused)}")
   return "xla", "; ".join(skipped)
+
+
+def dispatching(variant: str):
+  """Decorator of a variant function with an `implementation` parameter: runs the call on
+  the implementation `choose` picks; the function itself is the xla one."""
+  def decorate(fn):
+    @functools.wraps(fn)
+    def wrapper(query, key, value, bias=None, mask=None, *, scale=None, is_causal=False,
+                implementation=None, **call):
+      dims = validation.check_inputs(variant, query, key, value, bias, mask)
+      chosen, _ = choose(variant, implementation, dims, query.dtype,
+                         dict(call, bias=bias, mask=mask))
+      if chosen == "xla":
+        return fn(query, key, value, bias, mask, scale=scale, is_causal=is_causal, **call)
+      return run(chosen, query, key, value, bias, mask,
+                 scale=validation.default_scale(variant, scale, dims.H), is_causal=is_causal,
+                 **call).astype(query.dtype)
+    return wrapper
+  return decorate
 
 
 def run(implementation: str, query, key, value, bias, mask, *, scale, is_causal, segment_ids,

@@ -24,6 +24,7 @@ def from_blocks_layout(out):
 
 
 @validation.call_forms(NAME)
+@implementations.dispatching(NAME)
 def softmax_attention(query, key, value, bias=None, mask=None, *, scale=None, is_causal=False,
                       query_seq_lengths=None, key_value_seq_lengths=None,
                       local_window_size=None, segment_ids=None, logit_soft_cap=None,
@@ -51,14 +52,7 @@ def softmax_attention(query, key, value, bias=None, mask=None, *, scale=None, is
                                  key_value_seq_lengths=key_value_seq_lengths)
   window = validation.normalize_window(NAME, local_window_size)
   scale = validation.default_scale(NAME, scale, dims.H)
-  call = dict(bias=bias, mask=mask, query_seq_lengths=query_seq_lengths,
-              key_value_seq_lengths=key_value_seq_lengths, local_window_size=window,
-              segment_ids=segment_ids, logit_soft_cap=logit_soft_cap, sinks=sinks,
-              score_mod=score_mod, mask_mod=mask_mod)
-  chosen, _ = implementations.choose(NAME, implementation, dims, query.dtype, call)
-  if chosen != "xla":
-    return implementations.run(chosen, query, key, value, scale=scale, is_causal=is_causal,
-                               **call).astype(query.dtype)
+  del implementation  # chosen by implementations.dispatching: this is the xla one
 
   q, k, v = to_blocks_layout(query, key, value, dims.K)
   logits = jnp.einsum("bkgth,bksh->bkgts", q, k, preferred_element_type=jnp.float32) * scale
