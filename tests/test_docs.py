@@ -4,8 +4,8 @@ import importlib
 import json
 import os
 import re
-import subprocess
-import sys
+
+from experiments import children
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -25,12 +25,12 @@ def test_add_a_variant_page(tmp_path):
   for path, body in files.items():
     (tmp_path / path).parent.mkdir(parents=True, exist_ok=True)
     (tmp_path / path).write_text(body)
-  env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(tmp_path), REPO]),
+  env = dict(PYTHONPATH=os.pathsep.join([str(tmp_path), REPO]),
              ATTENTION_ZOO_PLUGINS="my_attention.scaled")
-  result = subprocess.run(
-      [sys.executable, "-m", "pytest", "tests/test_contract.py", "tests/test_properties.py",
-       "-q", "-k", "scaled_softmax", "-p", "no:cacheprovider", "-m", "not fuzz"],
-      cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
+  result = children.run(argv=["-m", "pytest", "tests/test_contract.py",
+                              "tests/test_properties.py", "-q", "-k", "scaled_softmax",
+                              "-p", "no:cacheprovider", "-m", "not fuzz"],
+                        env=env, timeout=600)
   assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-2000:]
   passed = int(re.search(r"(\d+) passed", result.stdout).group(1))
   assert passed >= 20 and "failed" not in result.stdout, result.stdout[-2000:]
@@ -38,8 +38,7 @@ def test_add_a_variant_page(tmp_path):
 
 def test_api_reference_has_a_page_per_public_module(tmp_path):
   """docs/api.py renders every public module of the library with its docstrings."""
-  result = subprocess.run([sys.executable, "docs/api.py", str(tmp_path)], cwd=REPO,
-                          capture_output=True, text=True, timeout=300)
+  result = children.run(argv=["docs/api.py", str(tmp_path)], timeout=300)
   assert result.returncode == 0, result.stderr[-2000:]
   for name in ("registry", "chunked", "linear", "gla", "layer", "decoding", "validation"):
     page = (tmp_path / "attention_zoo" / f"{name}.html").read_text()
@@ -51,7 +50,6 @@ def test_api_reference_has_a_page_per_public_module(tmp_path):
 def test_add_a_task_page(tmp_path):
   """A toy task from a package outside the checkout trains for two steps through
   launch.py with the page's config, as docs/add_a_task.md says (step 3)."""
-  from experiments import children  # pylint: disable=import-outside-toplevel
   files = _files("add_a_task.md")
   assert {"my_tasks/increment.py", "my_tasks/increment_config.py"} <= set(files)
   for path, body in files.items():
