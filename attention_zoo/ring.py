@@ -29,8 +29,10 @@ NAME = "ring"
 @validation.call_forms(NAME)
 def ring_attention(query, key, value, bias=None, mask=None, *, scale=None, is_causal=False,
                    query_seq_lengths=None, key_value_seq_lengths=None, local_window_size=None,
-                   axis_name="sequence"):
+                   segment_ids=None, axis_name="sequence"):
   """Softmax attention, T and S split over mesh axis `axis_name`; rows with no key give zeros.
+  `segment_ids` as in `softmax`: the key ids travel around the ring with their block, and a
+  block whose ids share none with this device's queries is skipped.
 
   Dense `mask` and `bias` are not supported (they would need the same split): use the
   lengths, `is_causal` and `local_window_size`, or `softmax`/`chunked`.
@@ -56,10 +58,12 @@ def ring_attention(query, key, value, bias=None, mask=None, *, scale=None, is_ca
   batch = others if others and dims.B % math.prod(mesh.shape[a] for a in others) == 0 else None
   lengths = [x if x is not None else jnp.full((dims.B,), n, jnp.int32)
              for x, n in ((query_seq_lengths, dims.T), (key_value_seq_lengths, dims.S))]
+  # Without segments every position is in segment 0: one code path, nothing skipped by ids.
+  ids = segment_ids or tuple(jnp.zeros((dims.B, n), jnp.int32) for n in (dims.T, dims.S))
   plan = _Ring(axis_name, devices, dims.K, scale, is_causal, window)
   sequence_spec, lengths_spec = P(batch, axis_name), P(batch)
-  specs = (sequence_spec,) * 3 + (lengths_spec,) * 2
-  args = (query, key, value, *lengths)
+  specs = (sequence_spec,) * 3 + (lengths_spec,) * 2 + (sequence_spec,) * 2
+  args = (query, key, value, *lengths, *ids)
   if jax.sharding.AxisType.Explicit in mesh.axis_types:  # sharding in types: reshard first
     args = tuple(jax.reshard(x, spec) for x, spec in zip(args, specs))
   run = jax.shard_map(functools.partial(_ring, plan), mesh=mesh, in_specs=specs,
@@ -85,9 +89,10 @@ class _Ring:
     owner = (me - step) % self.size  # the device whose key block we hold after `step` passes
     return me * tq + jnp.arange(tq), owner * tk + jnp.arange(tk)
 
-  def reachable(self, q_pos, k_pos):
-    """Can any query of this block attend any key of that block (causality, window)?"""
-    ok = jnp.bool_(True)
+  def reachable(self, q_pos, k_pos, q_ids, k_ids):
+    """Can any query of this block attend any key of that block (causality, window, and
+    overlapping segment id ranges in some sequence)?"""
+    ok = ((q_ids.min(-1) <= k_ids.max(-1)) & (k_ids.min(-1) <= q_ids.max(-1))).any()
     if self.is_causal:
       ok &= k_pos[0] <= q_pos[-1]
     if self.window is not None:
@@ -95,70 +100,75 @@ class _Ring:
       ok &= (k_pos[0] <= q_pos[-1] + right) & (k_pos[-1] >= q_pos[0] - left)
     return ok
 
-  def logits(self, q, k, q_pos, k_pos, q_len, kv_len):
+  def logits(self, q, k, q_pos, k_pos, q_len, kv_len, q_ids, k_ids):
     """Scaled float32 logits [b, K, G, tq, tk] with -inf where attention is not allowed."""
     s = jnp.einsum("bkgth,bksh->bkgts", q, k, preferred_element_type=jnp.float32) * self.scale
     ok = masking.allowed(q_pos, k_pos, is_causal=self.is_causal, window=self.window,
-                         q_len=q_len, kv_len=kv_len)
+                         q_len=q_len, kv_len=kv_len, segments=(q_ids, k_ids))
     return jnp.where(ok, s, -jnp.inf)
 
 
-def _ring(plan, query, key, value, q_len, kv_len):
+def _ring(plan, query, key, value, q_len, kv_len, q_ids, kv_ids):
   q, k, v = softmax.to_blocks_layout(query, key, value, plan.K)
-  return softmax.from_blocks_layout(_attention(plan, q, k, v, q_len, kv_len))
+  return softmax.from_blocks_layout(_attention(plan, q, k, v, q_len, kv_len, q_ids, kv_ids))
 
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(0,))
-def _attention(plan, q, k, v, q_len, kv_len):
-  return _forward(plan, q, k, v, q_len, kv_len)[0]
+def _attention(plan, q, k, v, q_len, kv_len, q_ids, kv_ids):
+  return _forward(plan, q, k, v, q_len, kv_len, q_ids, kv_ids)[0]
 
 
-def _forward(plan, q, k, v, q_len, kv_len):
-  """This device's q [b,K,G,tq,H] against every device's k, v [b,K,tk,H] -> out float32, lse."""
+def _forward(plan, q, k, v, q_len, kv_len, q_ids, kv_ids):
+  """This device's q [b,K,G,tq,H] against every device's k, v [b,K,tk,H] (and the key
+  ids [b, tk] travelling with them) -> out float32, lse."""
   tq, tk = q.shape[3], k.shape[2]
 
   def step(i, carry):
-    k_blk, v_blk, softmax_carry = carry
+    k_blk, v_blk, ids_blk, softmax_carry = carry
     q_pos, k_pos = plan.positions(i, tq, tk)
     softmax_carry = jax.lax.cond(
-        plan.reachable(q_pos, k_pos),
-        lambda c: online_softmax.fold(c, plan.logits(q, k_blk, q_pos, k_pos, q_len, kv_len),
-                                      v_blk),
+        plan.reachable(q_pos, k_pos, q_ids, ids_blk),
+        lambda c: online_softmax.fold(c, plan.logits(q, k_blk, q_pos, k_pos, q_len, kv_len,
+                                                     q_ids, ids_blk), v_blk),
         lambda c: c, softmax_carry)
-    return (*plan.pass_on(k_blk, v_blk), softmax_carry)
+    return (*plan.pass_on(k_blk, v_blk, ids_blk), softmax_carry)
 
-  _, _, carry = jax.lax.fori_loop(0, plan.size, step, (k, v, online_softmax.init(q)))
+  *_, carry = jax.lax.fori_loop(0, plan.size, step, (k, v, kv_ids, online_softmax.init(q)))
   return online_softmax.finish(carry)
 
 
-def _attention_fwd(plan, q, k, v, q_len, kv_len):
-  out, lse = _forward(plan, q, k, v, q_len, kv_len)
-  return out, (q, k, v, q_len, kv_len, out, lse)
+def _attention_fwd(plan, q, k, v, q_len, kv_len, q_ids, kv_ids):
+  out, lse = _forward(plan, q, k, v, q_len, kv_len, q_ids, kv_ids)
+  return out, (q, k, v, q_len, kv_len, q_ids, kv_ids, out, lse)
 
 
 def _attention_bwd(plan, residuals, dout):
-  q, k, v, q_len, kv_len, out, lse = residuals
+  q, k, v, q_len, kv_len, q_ids, kv_ids, out, lse = residuals
   tq, tk = q.shape[3], k.shape[2]
   delta = jnp.sum(dout * out, axis=-1)
 
   def step(i, carry):
-    k_blk, v_blk, dk, dv, dq = carry
+    k_blk, v_blk, ids_blk, dk, dv, dq = carry
     q_pos, k_pos = plan.positions(i, tq, tk)
 
     def fold(grads):
       dk, dv, dq = grads
-      p = jnp.exp(plan.logits(q, k_blk, q_pos, k_pos, q_len, kv_len) - lse[..., None])
+      p = jnp.exp(plan.logits(q, k_blk, q_pos, k_pos, q_len, kv_len, q_ids, ids_blk)
+                  - lse[..., None])
       _, dq_blk, dk_blk, dv_blk = online_softmax.block_gradients(p, dout, delta, q, k_blk, v_blk)
       return dk + dk_blk, dv + dv_blk, dq + dq_blk
 
-    dk, dv, dq = jax.lax.cond(plan.reachable(q_pos, k_pos), fold, lambda g: g, (dk, dv, dq))
-    k_blk, v_blk, dk, dv = plan.pass_on(k_blk, v_blk, dk, dv)  # dk, dv travel with their block
-    return k_blk, v_blk, dk, dv, dq
+    dk, dv, dq = jax.lax.cond(plan.reachable(q_pos, k_pos, q_ids, ids_blk), fold,
+                              lambda g: g, (dk, dv, dq))
+    # dk, dv travel with their block (and its ids)
+    k_blk, v_blk, ids_blk, dk, dv = plan.pass_on(k_blk, v_blk, ids_blk, dk, dv)
+    return k_blk, v_blk, ids_blk, dk, dv, dq
 
   zeros = lambda x: jnp.zeros(x.shape, jnp.float32)
-  _, _, dk, dv, dq = jax.lax.fori_loop(0, plan.size, step, (k, v, zeros(k), zeros(v), zeros(q)))
+  *_, dk, dv, dq = jax.lax.fori_loop(0, plan.size, step,
+                                     (k, v, kv_ids, zeros(k), zeros(v), zeros(q)))
   return ((dq * plan.scale).astype(q.dtype), (dk * plan.scale).astype(k.dtype),
-          dv.astype(v.dtype), None, None)
+          dv.astype(v.dtype), None, None, None, None)
 
 
 _attention.defvjp(_attention_fwd, _attention_bwd)
