@@ -3,6 +3,8 @@
 # the working directory of `python -m pytest`.
 
 import jax
+
+import attention_zoo
 import pytest
 
 
@@ -18,3 +20,12 @@ def _ring_mesh(request):
                        devices=jax.devices()[:1])
   with jax.set_mesh(mesh):
     yield
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _fresh_compilation_caches():
+  """Each test module starts without the executables of the ones before: one process runs
+  the whole suite, and thousands of compiled programs held to its end only cost memory."""
+  yield
+  attention_zoo.registry._get.cache_clear()  # pylint: disable=protected-access
+  jax.clear_caches()
