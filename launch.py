@@ -58,7 +58,8 @@ def main(argv):
   if config is None and not command:
     command, config, workdir = "sweep", default.get_config(), workdir or default.WORKDIR
   if config is None or not workdir:
-    console.fail("--config and --workdir are both needed (or neither: the default job)")
+    console.fail(f"{command or 'an experiment'} needs --config and --workdir"
+                 + ("" if command else " (or neither: the default job)"))
   console.check_workdir(workdir)
   try:
     result = COMMANDS[command](config, workdir)

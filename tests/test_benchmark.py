@@ -65,7 +65,7 @@ def test_lra_efficiency_table(tmp_path):
 
 def test_bench_needs_a_config(tmp_path):
   result = children.run(argv=["launch.py", "bench"], timeout=120)
-  assert result.returncode != 0 and "--config and --workdir are required" in result.stderr
+  assert result.returncode != 0 and "bench needs --config and --workdir" in result.stderr
 
 
 def test_repeats_shrink_only_for_slow_cases():
