@@ -20,7 +20,7 @@ from typing import Callable, NamedTuple
 import jax
 import jax.numpy as jnp
 
-from attention_zoo import implementations, masking, online_softmax, validation
+from attention_zoo import block_skipping, implementations, masking, online_softmax, validation
 
 NAME = "chunked"
 # Measured on the 2-core CPU (T=4096, 8 heads, head dim 64; `python launch.py bench`):
@@ -43,18 +43,18 @@ def chunked_attention(query, key, value, bias=None, mask=None, *, scale=None, is
 
   Blocks that causality or the window rule out entirely are skipped, not computed
   and masked; so are blocks in which no query shares a segment with any key (`segment_ids`:
-  decided once per call from each block's smallest and largest id, see `_visits`).
+  decided once per call from each block's smallest and largest id, see `block_skipping`).
   `logit_soft_cap` and `sinks` as in `softmax` (the sinks join each row's normaliser once,
   after its last key block). `score_mod(score, b, h, q_idx, kv_idx)` and
   `mask_mod(b, h, q_idx, kv_idx)` (FlexAttention's; see attention_zoo/mods.py) are applied
   block by block with broadcast index arrays, never on a [T, S] array; gradients reach the
   arrays a score_mod captures (its closure is converted into explicit arguments). Blocks
   where mask_mod is False everywhere are skipped: which, is decided once per call by
-  evaluating mask_mod block by block (`_mask_visits`). Lengths need not be multiples of the
-  chunk sizes, and chunk sizes above them are clipped to them. A query row that can attend
-  no key returns zeros; NaN reaches the rows it does in `softmax`. Supports reverse-mode
-  differentiation (not forward mode). `implementation`: None, "xla" (this code), "cudnn" or
-  "pallas" (attention_zoo/implementations.py).
+  evaluating mask_mod block by block (attention_zoo/block_skipping.py). Lengths need not be
+  multiples of the chunk sizes, and chunk sizes above them are clipped to them. A query row
+  that can attend no key returns zeros; NaN reaches the rows it does in `softmax`. Supports
+  reverse-mode differentiation (not forward mode). `implementation`: None, "xla" (this
+  code), "cudnn" or "pallas" (attention_zoo/implementations.py).
   """
   check_options(query_chunk_size, key_chunk_size, implementation)
   return blocked_attention(NAME, query, key, value, bias, mask, scale=scale,
@@ -106,15 +106,17 @@ def blocked_attention(variant, query, key, value, bias, mask, *, scale, is_causa
     extras = extras._replace(score_consts=consts)
   visits = []
   if segment_ids is not None:
-    segments = (_pad_edge(segment_ids[0], Tp).reshape(B, plan.nq, plan.bq).transpose(1, 0, 2),
-                _pad_edge(segment_ids[1], Sp).reshape(B, plan.nk, plan.bk).transpose(1, 0, 2))
+    blocks = lambda ids, n, size, rows: (block_skipping.pad_edge(ids, n).reshape(B, rows, size)
+                                         .transpose(1, 0, 2))
+    segments = (blocks(segment_ids[0], Tp, plan.bq, plan.nq),
+                blocks(segment_ids[1], Sp, plan.bk, plan.nk))
     extras = extras._replace(segments=segments)
-    visits.append(_visits(*segments))
+    visits.append(block_skipping.segment_visits(*segments))
   if mask_mod is not None:
     mask_mod, consts = _converted(mask_mod, *plan.indices(0, 0, B, K, G))
     plan = dataclasses.replace(plan, mask_mod=mask_mod)
     extras = extras._replace(mask_consts=consts)
-    visits.append(_mask_visits(plan, B, K, G, consts))
+    visits.append(block_skipping.mask_visits(plan, B, K, G, consts))
   if visits:
     extras = extras._replace(visits=functools.reduce(jnp.logical_and, visits))
   if count_blocks:  # the debug entry point: how many blocks the forward pass folds
@@ -149,17 +151,6 @@ class _Hashable:
     return self.fn(*args)
 
 
-def _mask_visits(plan, B, K, G, consts):
-  """bool [nq, nk]: does mask_mod allow some pair of block (qb, kb) (positions inside T
-  and S only)? Evaluated block by block (a map over the grid), once per call."""
-  def any_allowed(index):
-    qb, kb = index // plan.nk, index % plan.nk
-    b, h, q_idx, kv_idx = plan.indices(qb, kb, B, K, G)
-    inside = (q_idx < plan.T) & (kv_idx < plan.S)
-    return jnp.any(plan.mask_mod(b, h, q_idx, kv_idx, *consts) & inside)
-  return jax.lax.map(any_allowed, jnp.arange(plan.nq * plan.nk)).reshape(plan.nq, plan.nk)
-
-
 def visited_blocks(query, key, value, bias=None, mask=None, *, query_chunk_size,
                    key_chunk_size, **call):
   """The number of (query block, key block) pairs the forward pass computes for this call
@@ -176,22 +167,6 @@ def visited_blocks(query, key, value, bias=None, mask=None, *, query_chunk_size,
   return int(blocked_attention(NAME, query, key, value, bias, mask, **call,
                                query_chunk_size=query_chunk_size,
                                key_chunk_size=key_chunk_size, count_blocks=True))
-
-
-def _pad_edge(x, size):
-  """Ids [B, n] padded to [B, size] with their last id: padding widens no block's range."""
-  return jnp.pad(x, ((0, 0), (0, size - x.shape[1])), mode="edge")
-
-
-def _visits(q_ids, kv_ids):
-  """bool [nq, nk]: may some query of block qb share a segment with some key of block kb
-  (in any sequence of the batch)? From each block's id range: blocks whose ranges do not
-  overlap share no id. Exact for packed rows (ids that never decrease along a row), a
-  superset (never a wrong skip) for any other numbering. q_ids [nq, B, bq], kv_ids
-  [nk, B, bk]."""
-  q_lo, q_hi = q_ids.min(-1)[:, None], q_ids.max(-1)[:, None]      # [nq, 1, B]
-  k_lo, k_hi = kv_ids.min(-1)[None], kv_ids.max(-1)[None]          # [1, nk, B]
-  return ((q_lo <= k_hi) & (k_lo <= q_hi)).any(-1)
 
 
 def _pad_axis(x, axis, size):
@@ -349,20 +324,6 @@ def _block_range(lo, hi, size, empty):
   return lo, jnp.where(empty, lo, jnp.maximum(hi, lo))
 
 
-def _narrow(bounds, visits, line):
-  """Loop bounds [lo, hi) cut to the first and last block of `line(visits)` to compute:
-  packed rows and most masks visit one contiguous run of blocks per block row, so the loop
-  never reaches the others (any block inside the run but not visited is skipped by cond)."""
-  if visits is None:
-    return bounds
-  visits = line(visits)
-  index = jnp.arange(visits.shape[0], dtype=jnp.int32)
-  first = jnp.min(jnp.where(visits, index, visits.shape[0]))
-  last = jnp.max(jnp.where(visits, index, -1)) + 1
-  lo = jnp.maximum(bounds[0], first)
-  return lo, jnp.maximum(lo, jnp.minimum(bounds[1], last))
-
-
 def _forward(plan, q, k, v, bias, mask, q_len, kv_len, extras):
   """(out, lse, the number of blocks folded: a count for tests, free to compute)."""
   q_max, kv_max = plan.limits(q_len, kv_len)
@@ -378,8 +339,9 @@ def _forward(plan, q, k, v, bias, mask, q_len, kv_len, extras):
                                   jnp.where(ok, s, -jnp.inf), v[kb]), folded + 1)
 
     step = plan.per_block(update, mask, q_len, kv_len, extras)
-    carry, folded = jax.lax.fori_loop(*_narrow(plan.key_blocks(qb, q_max, kv_max),
-                                               extras.visits, lambda visits: visits[qb]),
+    bounds = block_skipping.narrow(plan.key_blocks(qb, q_max, kv_max), extras.visits,
+                                   lambda visits: visits[qb])
+    carry, folded = jax.lax.fori_loop(*bounds,
                                       lambda kb, carry: step(qb, kb, carry),
                                       (online_softmax.init(q_blk), folded))
     out, lse = online_softmax.finish(carry, extras.sinks)
@@ -418,7 +380,7 @@ def _backward(plan, residuals, dout):
     zeros = jnp.zeros(k_blk.shape, jnp.float32)
     step = plan.per_block(update, mask, q_len, kv_len, extras)
     dk, dv, dq, dbias, dconsts = jax.lax.fori_loop(
-        *_narrow(plan.query_blocks(kb, q_max, kv_max), extras.visits,
+        *block_skipping.narrow(plan.query_blocks(kb, q_max, kv_max), extras.visits,
                  lambda visits: visits[:, kb]),
         lambda qb, carry: step(qb, kb, carry), (zeros, zeros, dq, dbias, dconsts))
     return (dq, dbias, dconsts), (dk * plan.scale, dv)
