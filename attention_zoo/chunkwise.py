@@ -7,6 +7,10 @@ both families take the same step (`_step`):
 
   out = (q * exp(b)) S + A (U - W S),    S' = exp(b_C) S + (k * exp(b_C - b))^T (U - W S)
 
+With segment ids (x.resets) each run of one id starts from a zero state: A and the delta
+rule's K K^T keep only pairs of one run, the state before the chunk reaches only the rows of
+the run the chunk began in, and only the last run's keys reach the next state (`_runs`).
+
 gated linear (retention, gla): U = V, W = 0, A_ij = sum_h q_ih k_jh exp(b_ih - b_jh), j <= i;
 delta rule (Yang et al. 2024, "Parallelizing Linear Transformers with the Delta Rule over
 Sequence Length"; gated: Yang, Kautz, Hatamizadeh 2024): the WY/UT form U = T diag(beta) V,
@@ -69,12 +73,33 @@ def _scan_chunks(intra, x: Prepared, size, inputs, group=None):
   return jnp.moveaxis(out, 0, 2).reshape(B, N, -1, out.shape[-1])[:, :, :T], final
 
 
-def _step(s, qd, kd, decay, scores, u, w=None):
+def _step(s, qd, kd, decay, scores, u, w=None, carries=None, tail=None):
   """One chunk: qd = q exp(b), kd = k exp(b_C - b), u, w [B, N, C, H]; decay = exp(b_C)
-  [B, N, 1 or H]; scores A [B, N, C, C]; s [B, N, H, H]. Returns (out, next state)."""
-  new = u if w is None else u - jnp.einsum("bnck,bnkv->bncv", w, s)
-  out = jnp.einsum("bnck,bnkv->bncv", qd, s) + jnp.einsum("bncd,bndv->bncv", scores, new)
+  [B, N, 1 or H]; scores A [B, N, C, C]; s [B, N, H, H]; with segments carries and tail
+  bool [B, 1, C] (`_runs`). Returns (out, next state)."""
+  past = jnp.einsum("bnck,bnkv->bncv", qd, s)
+  ws = None if w is None else jnp.einsum("bnck,bnkv->bncv", w, s)
+  if carries is not None:  # a run that starts inside the chunk starts from zero
+    past, ws = (None if x is None else jnp.where(carries[..., None], x, 0.0) for x in (past, ws))
+    decay = jnp.where(carries[..., -1:], decay, 0.0)
+    kd = jnp.where(tail[..., None], kd, 0.0)
+  new = u if ws is None else u - ws
+  out = past + jnp.einsum("bncd,bndv->bncv", scores, new)
   return out, decay[..., None] * s + jnp.einsum("bnck,bncv->bnkv", kd, new)
+
+
+def _runs(resets):
+  """For a chunk's resets bool [..., C] (None: no segments): same [..., C, C] (i and j in one
+  run), carries [..., C] (i in the run the chunk began in: the state before the chunk
+  reaches it) and tail [..., C] (j in the chunk's last run: it reaches the next state)."""
+  if resets is None:
+    return None, None, None
+  run = jnp.cumsum(resets.astype(jnp.int32), axis=-1)
+  return run[..., :, None] == run[..., None, :], run == 0, run == run[..., -1:]
+
+
+def _same_run(x, same):
+  return x if same is None else jnp.where(same, x, 0.0)
 
 
 def _cumsum(g):
@@ -154,16 +179,18 @@ def gated_linear(x: Prepared, chunk: int, sub_chunk: int):
   """retention and gla: (out [B, N, T, H], final state [B, N, H, H])."""
   chunk, sub_chunk = _sizes(x.q.shape[2], chunk, sub_chunk)
 
-  def intra(q, k, v, g):
+  def intra(q, k, v, g, resets):
+    same, carries, tail = _runs(resets)
     b = _cumsum(g)                                             # [B, N, G, C, 1 or H]
     last = b[..., -1:, :]
     if g.shape[-1] == 1:  # one gate per head: a [C, C] decay matrix
       scores = _causal_product(jnp.einsum("...ch,...dh->...cd", q, k), _decay_matrix(b[..., 0]))
     else:
       scores = gated_scores(q, k, b, sub_chunk)
-    return q * jnp.exp(b), k * jnp.exp(last - b), jnp.exp(last[..., 0, :]), scores, v
+    return (q * jnp.exp(b), k * jnp.exp(last - b), jnp.exp(last[..., 0, :]),
+            _same_run(scores, same), v, None, carries, tail)
 
-  return _scan_chunks(intra, x, chunk, (x.q, x.k, x.v, x.log_gate))
+  return _scan_chunks(intra, x, chunk, (x.q, x.k, x.v, x.log_gate, x.resets))
 
 
 def _forward_substitution(a):
@@ -225,20 +252,21 @@ def delta_rule(x: Prepared, chunk: int):
   causal = jnp.tril(jnp.ones((chunk, chunk), bool))
   strict = causal & ~jnp.eye(chunk, dtype=bool)
 
-  def intra(q, k, v, beta, g):
+  def intra(q, k, v, beta, g, resets):
+    same, carries, tail = _runs(resets)
     if g is None:
       b, decay = None, causal.astype(jnp.float32)
     else:
       b = _cumsum(g)[..., 0]                                   # [B, N, G, C]
       decay = _decay_matrix(b)
-    kk = jnp.einsum("...ch,...dh->...cd", k, k) * decay
+    kk = _same_run(jnp.einsum("...ch,...dh->...cd", k, k) * decay, same)
     inverse = unit_lower_inverse(jnp.where(strict, beta[..., :, None] * kk, 0.0))
     rhs = jnp.concatenate([v, k if b is None else k * jnp.exp(b)[..., None]], axis=-1)
     u, w = jnp.split(jnp.einsum("...cd,...dh->...ch", inverse, rhs * beta[..., None]), 2, -1)
-    scores = _causal_product(jnp.einsum("...ch,...dh->...cd", q, k), decay)
+    scores = _same_run(_causal_product(jnp.einsum("...ch,...dh->...cd", q, k), decay), same)
     if b is None:
-      return q, k, jnp.ones(q.shape[:3] + (1,), q.dtype), scores, u, w
+      return q, k, jnp.ones(q.shape[:3] + (1,), q.dtype), scores, u, w, carries, tail
     kd = k * jnp.exp(b[..., -1:] - b)[..., None]
-    return q * jnp.exp(b)[..., None], kd, jnp.exp(b[..., -1:]), scores, u, w
+    return q * jnp.exp(b)[..., None], kd, jnp.exp(b[..., -1:]), scores, u, w, carries, tail
 
-  return _scan_chunks(intra, x, chunk, (x.q, x.k, x.v, x.beta, x.log_gate))
+  return _scan_chunks(intra, x, chunk, (x.q, x.k, x.v, x.beta, x.log_gate, x.resets))

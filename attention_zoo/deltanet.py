@@ -18,37 +18,43 @@ CHUNK_SIZE = gated_deltanet.CHUNK_SIZE  # measured there, on this code
 
 @recurrence.call_forms(NAME)
 def deltanet_attention(query, key, value, bias=None, mask=None, *, scale=None, is_causal=False,
-                       query_seq_lengths=None, key_value_seq_lengths=None,
+                       query_seq_lengths=None, key_value_seq_lengths=None, segment_ids=None,
                        local_window_size=None, beta=None, chunk_size=CHUNK_SIZE):
   """DeltaNet over [B, T, N, H] queries; needs is_causal=True, T == S and `beta`.
 
   A dense mask, bias or window raises NotImplementedError. Keys past a key length are
-  identity steps; queries past a query length output zeros.
+  identity steps; queries past a query length output zeros. `segment_ids` (int [B, T]):
+  the state restarts where the id changes (packed sequences, recurrence.py).
   """
   return chunkwise_with_state(
       query, key, value, bias, mask, scale=scale, is_causal=is_causal,
       query_seq_lengths=query_seq_lengths, key_value_seq_lengths=key_value_seq_lengths,
+      segment_ids=segment_ids,
       local_window_size=local_window_size, beta=beta, chunk_size=chunk_size)[0]
 
 
 def chunkwise_with_state(query, key, value, bias=None, mask=None, *, scale=None,
                          is_causal=True, query_seq_lengths=None, key_value_seq_lengths=None,
+                         segment_ids=None,
                          local_window_size=None, beta=None, initial_state=None,
                          chunk_size=CHUNK_SIZE):
   """The chunkwise form from `initial_state` (None = zeros): (out, {'state': [B, N, H, H]})."""
   return gated_deltanet.chunkwise_with_state(
       query, key, value, bias, mask, scale=scale, is_causal=is_causal,
       query_seq_lengths=query_seq_lengths, key_value_seq_lengths=key_value_seq_lengths,
+      segment_ids=segment_ids,
       local_window_size=local_window_size, beta=beta, initial_state=initial_state,
       chunk_size=chunk_size, variant=NAME, uses_gate=False)
 
 
 def recurrent_scan(query, key, value, *, scale=None, beta=None, query_seq_lengths=None,
-                   key_value_seq_lengths=None, initial_state=None, **_chunk_options):
+                   key_value_seq_lengths=None,
+                   segment_ids=None, initial_state=None, **_chunk_options):
   """The same function token by token (a lax.scan over T): (out, state). A reference."""
   return gated_deltanet.recurrent_scan(
       query, key, value, scale=scale, beta=beta, query_seq_lengths=query_seq_lengths,
-      key_value_seq_lengths=key_value_seq_lengths, initial_state=initial_state, variant=NAME,
+      key_value_seq_lengths=key_value_seq_lengths,
+      segment_ids=segment_ids, initial_state=initial_state, variant=NAME,
       uses_gate=False)
 
 

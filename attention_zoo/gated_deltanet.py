@@ -22,22 +22,26 @@ CHUNK_SIZE = 32
 @recurrence.call_forms(NAME)
 def gated_deltanet_attention(query, key, value, bias=None, mask=None, *, scale=None,
                              is_causal=False, query_seq_lengths=None,
-                             key_value_seq_lengths=None, local_window_size=None, log_gate=None,
+                             key_value_seq_lengths=None,
+                             segment_ids=None, local_window_size=None, log_gate=None,
                              beta=None, chunk_size=CHUNK_SIZE):
   """Gated DeltaNet over [B, T, N, H] queries; needs is_causal=True, T == S, log_gate, beta.
 
   A dense mask, bias or window raises NotImplementedError. Keys past a key length are
-  identity steps; queries past a query length output zeros.
+  identity steps; queries past a query length output zeros. `segment_ids` (int [B, T]):
+  the state restarts where the id changes (packed sequences, recurrence.py).
   """
   return chunkwise_with_state(
       query, key, value, bias, mask, scale=scale, is_causal=is_causal,
       query_seq_lengths=query_seq_lengths, key_value_seq_lengths=key_value_seq_lengths,
+      segment_ids=segment_ids,
       local_window_size=local_window_size, log_gate=log_gate, beta=beta,
       chunk_size=chunk_size)[0]
 
 
 def chunkwise_with_state(query, key, value, bias=None, mask=None, *, scale=None,
                          is_causal=True, query_seq_lengths=None, key_value_seq_lengths=None,
+                         segment_ids=None,
                          local_window_size=None, log_gate=None, beta=None, initial_state=None,
                          chunk_size=CHUNK_SIZE, variant=NAME, uses_gate=True):
   """The chunkwise form from `initial_state` (None = zeros): (out, {'state': [B, N, H, H]}).
@@ -46,7 +50,7 @@ def chunkwise_with_state(query, key, value, bias=None, mask=None, *, scale=None,
   validation.check_positive(variant, chunk_size=chunk_size)
   x = recurrence.prepare(variant, query, key, value, bias, mask, scale=scale,
                          is_causal=is_causal, query_seq_lengths=query_seq_lengths,
-                         key_value_seq_lengths=key_value_seq_lengths,
+                         key_value_seq_lengths=key_value_seq_lengths, segment_ids=segment_ids,
                          local_window_size=local_window_size, log_gate=log_gate, beta=beta,
                          uses_gate=uses_gate, uses_beta=True, initial_state=initial_state)
   out, state = chunkwise.delta_rule(x, chunk_size)
@@ -54,12 +58,14 @@ def chunkwise_with_state(query, key, value, bias=None, mask=None, *, scale=None,
 
 
 def recurrent_scan(query, key, value, *, scale=None, log_gate=None, beta=None,
-                   query_seq_lengths=None, key_value_seq_lengths=None, initial_state=None,
+                   query_seq_lengths=None, key_value_seq_lengths=None,
+                   segment_ids=None, initial_state=None,
                    variant=NAME, uses_gate=True, **_chunk_options):
   """The same function token by token (a lax.scan over T): (out, state). A reference."""
   x = recurrence.prepare(variant, query, key, value, scale=scale,
                          query_seq_lengths=query_seq_lengths,
-                         key_value_seq_lengths=key_value_seq_lengths, log_gate=log_gate,
+                         key_value_seq_lengths=key_value_seq_lengths,
+                         segment_ids=segment_ids, log_gate=log_gate,
                          beta=beta, uses_gate=uses_gate, uses_beta=True,
                          initial_state=initial_state)
   out, state = recurrence.scan(x)

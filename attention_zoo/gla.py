@@ -23,29 +23,33 @@ CHUNK_SIZE, SUB_CHUNK_SIZE = 32, 4
 
 @recurrence.call_forms(NAME)
 def gla_attention(query, key, value, bias=None, mask=None, *, scale=None, is_causal=False,
-                  query_seq_lengths=None, key_value_seq_lengths=None, local_window_size=None,
+                  query_seq_lengths=None, key_value_seq_lengths=None,
+                  segment_ids=None, local_window_size=None,
                   log_gate=None, chunk_size=CHUNK_SIZE, sub_chunk_size=SUB_CHUNK_SIZE):
   """GLA over [B, T, N, H] queries; needs is_causal=True, T == S and `log_gate`.
 
   A dense mask, bias or window raises NotImplementedError. Keys past a key length are
-  identity steps; queries past a query length output zeros.
+  identity steps; queries past a query length output zeros. `segment_ids` (int [B, T]):
+  the state restarts where the id changes (packed sequences, recurrence.py).
   """
   return chunkwise_with_state(
       query, key, value, bias, mask, scale=scale, is_causal=is_causal,
       query_seq_lengths=query_seq_lengths, key_value_seq_lengths=key_value_seq_lengths,
+      segment_ids=segment_ids,
       local_window_size=local_window_size, log_gate=log_gate, chunk_size=chunk_size,
       sub_chunk_size=sub_chunk_size)[0]
 
 
 def chunkwise_with_state(query, key, value, bias=None, mask=None, *, scale=None,
                          is_causal=True, query_seq_lengths=None, key_value_seq_lengths=None,
+                         segment_ids=None,
                          local_window_size=None, log_gate=None, initial_state=None,
                          chunk_size=CHUNK_SIZE, sub_chunk_size=SUB_CHUNK_SIZE):
   """The chunkwise form from `initial_state` (None = zeros): (out, {'state': [B, N, H, H]})."""
   check_options(chunk_size, sub_chunk_size)
   x = recurrence.prepare(NAME, query, key, value, bias, mask, scale=scale, is_causal=is_causal,
                          query_seq_lengths=query_seq_lengths,
-                         key_value_seq_lengths=key_value_seq_lengths,
+                         key_value_seq_lengths=key_value_seq_lengths, segment_ids=segment_ids,
                          local_window_size=local_window_size, log_gate=log_gate,
                          gate_per_head_dim=GATE_PER_HEAD_DIM, initial_state=initial_state)
   out, state = chunkwise.gated_linear(x, chunk_size, sub_chunk_size)
@@ -53,11 +57,13 @@ def chunkwise_with_state(query, key, value, bias=None, mask=None, *, scale=None,
 
 
 def recurrent_scan(query, key, value, *, scale=None, log_gate=None, query_seq_lengths=None,
-                   key_value_seq_lengths=None, initial_state=None, **_chunk_options):
+                   key_value_seq_lengths=None,
+                   segment_ids=None, initial_state=None, **_chunk_options):
   """The same function token by token (a lax.scan over T): (out, state). A reference."""
   x = recurrence.prepare(NAME, query, key, value, scale=scale,
                          query_seq_lengths=query_seq_lengths,
-                         key_value_seq_lengths=key_value_seq_lengths, log_gate=log_gate,
+                         key_value_seq_lengths=key_value_seq_lengths,
+                         segment_ids=segment_ids, log_gate=log_gate,
                          gate_per_head_dim=GATE_PER_HEAD_DIM, initial_state=initial_state)
   out, state = recurrence.scan(x)
   return recurrence.finish(x, out), state

@@ -11,7 +11,10 @@ its own state over its group's keys and values; gates and beta are per query hea
 Inside the library the arrays are heads-first and float32: q, k, v [B, N, T, H] (q already
 scaled, k and v repeated over each group), log_gate [B, N, T, 1 or H], beta [B, N, T].
 Padding: keys at or past `key_value_seq_lengths` become identity steps (no update, no decay);
-queries at or past `query_seq_lengths` output zeros.
+queries at or past `query_seq_lengths` output zeros. Packing: with `segment_ids` the state
+is reset to zero before every token whose id differs from the token before it, so each run
+of equal ids (a packed example) is computed as if it were alone; the initial state belongs
+to the first run.
 """
 
 from __future__ import annotations
@@ -32,6 +35,7 @@ class Prepared(NamedTuple):
   v: jax.Array           # [B, N, T, H]
   log_gate: jax.Array | None  # [B, N, T, 1] (one per head) or [B, N, T, H]; None: no gate
   beta: jax.Array | None  # [B, N, T], or None for the gated-linear family
+  resets: jax.Array | None  # bool [B, 1, T]: the state is zeroed before token t; None: never
   initial: jax.Array     # [B, N, H, H] the state before the first token
   query_seq_lengths: jax.Array | None
   dtype: jnp.dtype       # the output's (the query's)
@@ -81,7 +85,7 @@ def check_state(variant: str, state, query_shape) -> jax.Array:
 def prepare(variant: str, query, key, value, bias=None, mask=None, *, scale=None,
             is_causal=True, query_seq_lengths=None, key_value_seq_lengths=None,
             local_window_size=None, log_gate=None, beta=None, gate_per_head_dim=(False,),
-            uses_gate=True, uses_beta=False, initial_state=None) -> Prepared:
+            uses_gate=True, uses_beta=False, initial_state=None, segment_ids=None) -> Prepared:
   """Checks every argument (before any computation), then lays the inputs out."""
   dims = validation.check_inputs(variant, query, key, value, bias, mask,
                                  query_seq_lengths=query_seq_lengths,
@@ -97,6 +101,11 @@ def prepare(variant: str, query, key, value, bias=None, mask=None, *, scale=None
   if dims.T != dims.S:
     raise NotImplementedError(f"{variant} attention does not support a key length S={dims.S} "
                               f"other than the query length T={dims.T}")
+  segment_ids = validation.check_segment_ids(variant, segment_ids, dims.B, dims.T, dims.S)
+  if segment_ids is not None and segment_ids[0] is not segment_ids[1]:
+    raise NotImplementedError(
+        f"{variant}: segment_ids must be one int array [B, T] that queries and keys share (a "
+        f"recurrence resets its state where the id changes), got a (query, key) pair")
   B, T, N, H = query.shape
   scale = validation.default_scale(variant, scale, H)
   initial = (jnp.zeros((B, N, H, H), jnp.float32) if initial_state is None
@@ -112,10 +121,16 @@ def prepare(variant: str, query, key, value, bias=None, mask=None, *, scale=None
     k, v = (jnp.where(live[..., None], x, 0.0) for x in (k, v))
     g = None if g is None else jnp.where(live[..., None], g, 0.0)
     b = None if b is None else jnp.where(live, b, 0.0)
+  resets = None
+  if segment_ids is not None:
+    ids = segment_ids[0]
+    resets = jnp.pad(ids[:, 1:] != ids[:, :-1], [(0, 0), (1, 0)])[:, None]   # [B, 1, T]
+    if key_value_seq_lengths is not None:  # padding stays identity steps: the final state
+      resets &= live                       # is the one after the last key
   rows = query_seq_lengths
   if key_value_seq_lengths is not None:  # no key at all: every row attends none, zeros
     rows = jnp.where(key_value_seq_lengths <= 0, 0, T if rows is None else rows)
-  return Prepared(q, k, v, g, b, initial, rows, query.dtype)
+  return Prepared(q, k, v, g, b, resets, initial, rows, query.dtype)
 
 
 def finish(x: Prepared, out) -> jax.Array:
@@ -132,9 +147,10 @@ def init_state(batch: int, num_heads: int, head_dim: int) -> dict:
   return dict(state=jnp.zeros((batch, num_heads, head_dim, head_dim), jnp.float32))
 
 
-def step(s, q, k, v, g, beta=None):
+def step(s, q, k, v, g, beta=None, reset=None):
   """One token: s [B, N, H, H]; q, k, v [B, N, H]; g [B, N, 1 or H] or None (no decay);
-  beta [B, N] or None (no delta term)."""
+  beta [B, N] or None (no delta term); reset bool [B, 1] or None: start from a zero state."""
+  s = s if reset is None else jnp.where(reset[..., None, None], 0.0, s)
   s = s if g is None else jnp.exp(g)[..., None] * s
   if beta is None:
     s = s + k[..., :, None] * v[..., None, :]
@@ -148,7 +164,7 @@ def scan(x: Prepared):
   """The token-by-token recurrence (flash-linear-attention's naive.py): one lax.scan step per
   token. O(T) sequential steps; the benchmark's baseline and a readable reference."""
   xs = tuple(None if a is None else jnp.moveaxis(a, 2, 0)
-             for a in (x.q, x.k, x.v, x.log_gate, x.beta))
+             for a in (x.q, x.k, x.v, x.log_gate, x.beta, x.resets))
 
   final, out = jax.lax.scan(lambda s, inputs: step(s, *inputs), x.initial, xs)
   return jnp.moveaxis(out, 0, 2), dict(state=final)

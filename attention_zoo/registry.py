@@ -55,9 +55,10 @@ class Variant:
     return self.mesh_axis_option is not None
 
 
-# What a causal-only recurrence refuses (besides is_causal=False).
-_RECURRENCE_REFUSES = ("bias", "mask", "local_window_size", "segment_ids", "logit_soft_cap",
-                       "sinks", "score_mod", "mask_mod")
+# What a causal-only recurrence refuses (besides is_causal=False); the gated and delta-rule
+# recurrences take segment_ids (their state restarts where the id changes).
+_RECURRENCE_REFUSES = ("bias", "mask", "local_window_size", "logit_soft_cap", "sinks",
+                       "score_mod", "mask_mod")
 # Gated DeltaNet's and Mamba-2's per-head decay; the delta rule's writing strength.
 _LOG_GATE = Input(per_head_dim=False, projection="softplus_decay", bounds=(-float("inf"), 0.0))
 _BETA = Input(per_head_dim=False, projection="sigmoid", bounds=(0.0, 1.0))
@@ -78,7 +79,8 @@ VARIANTS: dict[str, Variant] = {
     local.NAME: Variant(local.local_attention, local.check_options,
                         decoder=decoding.WINDOW_CACHE),
     linear.NAME: Variant(linear.linear_attention, linear.check_options,
-                         decoder=decoding.recurrent(linear), refuses=_RECURRENCE_REFUSES),
+                         decoder=decoding.recurrent(linear),
+                         refuses=_RECURRENCE_REFUSES + ("segment_ids",)),
     ring.NAME: Variant(ring.ring_attention, ring.check_options,
                        decoder=decoding.SOFTMAX_KV_CACHE, refuses=("bias", "mask", "logit_soft_cap",
                                                                   "sinks", "score_mod",

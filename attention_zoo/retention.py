@@ -41,20 +41,24 @@ def _log_gate(query, decay):
 @recurrence.call_forms(NAME)
 def retention_attention(query, key, value, bias=None, mask=None, *, scale=None,
                         is_causal=False, query_seq_lengths=None, key_value_seq_lengths=None,
+                        segment_ids=None,
                         local_window_size=None, decay=None, chunk_size=CHUNK_SIZE):
   """Retention over [B, T, N, H] queries; needs is_causal=True and T == S.
 
   A dense mask, bias or window raises NotImplementedError. Keys past a key length are
-  identity steps; queries past a query length output zeros.
+  identity steps; queries past a query length output zeros. `segment_ids` (int [B, T]):
+  the state restarts where the id changes (packed sequences, recurrence.py).
   """
   return chunkwise_with_state(
       query, key, value, bias, mask, scale=scale, is_causal=is_causal,
       query_seq_lengths=query_seq_lengths, key_value_seq_lengths=key_value_seq_lengths,
+      segment_ids=segment_ids,
       local_window_size=local_window_size, decay=decay, chunk_size=chunk_size)[0]
 
 
 def chunkwise_with_state(query, key, value, bias=None, mask=None, *, scale=None,
                          is_causal=True, query_seq_lengths=None, key_value_seq_lengths=None,
+                         segment_ids=None,
                          local_window_size=None, initial_state=None, decay=None,
                          chunk_size=CHUNK_SIZE):
   """The chunkwise form from `initial_state` (None = zeros): (out, {'state': [B, N, H, H]})."""
@@ -62,7 +66,7 @@ def chunkwise_with_state(query, key, value, bias=None, mask=None, *, scale=None,
   validation.check_inputs(NAME, query, key, value, bias, mask)  # before reading N
   x = recurrence.prepare(NAME, query, key, value, bias, mask, scale=scale, is_causal=is_causal,
                          query_seq_lengths=query_seq_lengths,
-                         key_value_seq_lengths=key_value_seq_lengths,
+                         key_value_seq_lengths=key_value_seq_lengths, segment_ids=segment_ids,
                          local_window_size=local_window_size,
                          log_gate=_log_gate(query, decay), initial_state=initial_state)
   out, state = chunkwise.gated_linear(x, chunk_size, chunk_size)  # no sub-chunks: one gate
@@ -70,14 +74,14 @@ def chunkwise_with_state(query, key, value, bias=None, mask=None, *, scale=None,
 
 
 def recurrent_scan(query, key, value, *, scale=None, query_seq_lengths=None,
-                   key_value_seq_lengths=None, initial_state=None, decay=None,
+                   key_value_seq_lengths=None, segment_ids=None, initial_state=None, decay=None,
                    **_chunk_options):
   """The same function token by token (a lax.scan over T): (out, state). A reference."""
   check_options(decay)
   validation.check_inputs(NAME, query, key, value)
   x = recurrence.prepare(NAME, query, key, value, scale=scale,
                          query_seq_lengths=query_seq_lengths,
-                         key_value_seq_lengths=key_value_seq_lengths,
+                         key_value_seq_lengths=key_value_seq_lengths, segment_ids=segment_ids,
                          log_gate=_log_gate(query, decay), initial_state=initial_state)
   out, state = recurrence.scan(x)
   return recurrence.finish(x, out), state

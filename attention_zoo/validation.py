@@ -171,6 +171,9 @@ def check_segment_ids(variant: str, segment_ids, B: int, T: int, S: int):
       raise ValueError(f"{variant}: {name} must be an int array of shape {(B, n)} for query "
                        f"[B, T] = {(B, T)} and key length S = {S}, got "
                        f"{getattr(x, 'dtype', type(x).__name__)} {_shape(x)}")
+  if pair[0] is pair[1]:  # one array: queries and keys share it (recurrences rely on that)
+    ids = jnp.asarray(pair[0], jnp.int32)
+    return ids, ids
   return tuple(jnp.asarray(x, jnp.int32) for x in pair)
 
 

@@ -1,6 +1,9 @@
 """segment_ids: packed sequences attend only within their own segment, in every variant that
-takes them (the others refuse them: tests/test_contract.py), and chunked skips the blocks
+takes them (the others refuse them: tests/test_contract.py): the recurrences restart their
+state at each segment, in the chunkwise form and token by token; chunked skips the blocks
 that no segment spans."""
+
+import functools
 
 import jax
 import jax.numpy as jnp
@@ -8,10 +11,16 @@ import numpy as np
 import pytest
 
 import attention_zoo
-from attention_zoo import chunked, registry
+from attention_zoo import chunked, deltanet, gated_deltanet, gla, registry, retention
+from tests import oracle
 
 TAKING = [n for n in attention_zoo.names() if "segment_ids" not in registry.entry(n).refuses]
-OPTIONS = {"chunked": dict(query_chunk_size=8, key_chunk_size=5), "local": dict(block_size=4)}
+# Block sizes that no sequence length below is a multiple of; the recurrences' chunks of 8
+# hold several boundaries (the first), none (the second: its run began before it) or one.
+OPTIONS = {"chunked": dict(query_chunk_size=8, key_chunk_size=5), "local": dict(block_size=4),
+           "retention": dict(chunk_size=8), "gla": dict(chunk_size=8, sub_chunk_size=2),
+           "deltanet": dict(chunk_size=8), "gated_deltanet": dict(chunk_size=8)}
+RECURRENCES = {m.NAME: m for m in (retention, gla, deltanet, gated_deltanet)}
 N, K, H = 4, 2, 8
 
 
@@ -26,35 +35,78 @@ def _packed(rng, lengths):
   return ids, q, k, v, [slice(a, b) for a, b in zip(starts[:-1], starts[1:])]
 
 
-def test_every_exact_variant_takes_segment_ids():
-  assert {"softmax", "chunked", "local"} <= set(TAKING)
+def test_every_exact_variant_and_recurrence_takes_segment_ids():
+  assert {"softmax", "chunked", "local", *RECURRENCES} <= set(TAKING)
 
 
-@pytest.mark.parametrize("name", TAKING)
-@pytest.mark.parametrize("is_causal", [False, True])
+CASES = [(n, c) for n in TAKING for c in (False, True)
+         if c or not registry.entry(n).causal_only]
+
+
+@pytest.mark.parametrize("name,is_causal", CASES)
 def test_packed_equals_each_sequence_alone(name, is_causal):
-  """Forward and gradients of a packed row equal each sequence run on its own (lengths that
-  are no multiple of any block size)."""
+  """Forward and gradients (of q, k, v and the per-token gates and beta) of a packed row
+  equal each sequence run on its own (lengths that are no multiple of any block size): the
+  sequences alone are the rows of one batch, each padded to the longest by its lengths."""
   rng = np.random.default_rng(0)
-  ids, q, k, v, pieces = _packed(rng, [7, 1, 12, 5])
+  ids, q, k, v, pieces = _packed(rng, [3, 1, 2, 12, 5])
+  k = oracle.unit_keys(name, k)
+  inputs = oracle.per_token_inputs(name, q.shape, rng)
   window = dict(local_window_size=(3, 2)) if name == "local" else {}
   attend = attention_zoo.get(name, **OPTIONS.get(name, {}), **window)
   cot = rng.normal(size=q.shape).astype(np.float32)
 
-  def loss(attend, q, k, v, **ids):
-    return jnp.sum(attend(q, k, v, is_causal=is_causal, **ids) * cot[:, :q.shape[1]])
+  def run(cot, q, k, v, inputs, **call):
+    def loss(q, k, v, inputs):
+      return jnp.sum(attend(q, k, v, is_causal=is_causal, **inputs, **call) * cot)
+    return attend(q, k, v, is_causal=is_causal, **inputs, **call), jax.grad(
+        loss, (0, 1, 2, 3))(q, k, v, inputs)
 
-  packed_out = attend(q, k, v, is_causal=is_causal, segment_ids=jnp.asarray(ids[None]))
-  packed_grads = jax.grad(lambda *a: loss(attend, *a, segment_ids=jnp.asarray(ids[None])),
-                          (0, 1, 2))(q, k, v)
-  for piece in pieces:
-    alone = attend(q[:, piece], k[:, piece], v[:, piece], is_causal=is_causal)
-    np.testing.assert_allclose(packed_out[:, piece], alone, atol=2e-6, rtol=2e-5)
-    sub_cot = cot[:, piece]
-    grads = jax.grad(lambda q, k, v: jnp.sum(attend(q, k, v, is_causal=is_causal) * sub_cot),
-                     (0, 1, 2))(q[:, piece], k[:, piece], v[:, piece])
-    for got, want in zip(packed_grads, grads):
-      np.testing.assert_allclose(got[:, piece], want, atol=2e-5, rtol=2e-4)
+  packed = (cot, q, k, v, inputs)
+  out, grads = run(*packed, segment_ids=jnp.asarray(ids[None]))
+  longest = max(p.stop - p.start for p in pieces)
+  rows = lambda x: jnp.stack([jnp.pad(x[0, p], [(0, longest - (p.stop - p.start))] +
+                                      [(0, 0)] * (x.ndim - 2)) for p in pieces])
+  lengths = jnp.asarray([p.stop - p.start for p in pieces])
+  alone_out, alone_grads = run(*jax.tree.map(rows, packed), query_seq_lengths=lengths,
+                               key_value_seq_lengths=lengths)
+  for row, piece in enumerate(pieces):
+    n = piece.stop - piece.start
+    np.testing.assert_allclose(out[0, piece], alone_out[row, :n], atol=2e-6, rtol=2e-5)
+    for got, want in zip(jax.tree.leaves(grads), jax.tree.leaves(alone_grads)):
+      np.testing.assert_allclose(got[0, piece], want[row, :n], atol=2e-5, rtol=2e-4)
+
+
+@pytest.mark.parametrize("name", RECURRENCES)
+def test_recurrences_restart_token_by_token_and_keep_the_last_state(name):
+  """The chunkwise form with segments equals the token-by-token recurrence with resets
+  (which restarts before each new id), final state included: the one after the last key,
+  padding past the key length being identity steps."""
+  rng = np.random.default_rng(3)
+  ids, q, k, v, _ = _packed(rng, [5, 9, 2, 14])
+  ids[-4:] = 9  # padding with its own id: no reset may happen there
+  k = oracle.unit_keys(name, k)
+  inputs = oracle.per_token_inputs(name, q.shape, rng)
+  module = RECURRENCES[name]
+  lengths = jnp.asarray([len(ids) - 4])
+  args = dict(segment_ids=jnp.asarray(ids[None]), key_value_seq_lengths=lengths,
+              query_seq_lengths=lengths, **inputs)
+  out, state = module.chunkwise_with_state(q, k, v, **args, **OPTIONS[name])
+  want_out, want_state = module.recurrent_scan(q, k, v, **args)
+  np.testing.assert_allclose(out, want_out, atol=2e-6, rtol=2e-5)
+  np.testing.assert_allclose(state["state"], want_state["state"], atol=2e-6, rtol=2e-5)
+  _, alone = module.recurrent_scan(*(x[:, 16:26] for x in (q, k, v)),
+                                   **{n: x[:, 16:26] for n, x in inputs.items()})
+  np.testing.assert_allclose(state["state"], alone["state"], atol=2e-6, rtol=2e-5)
+
+
+def test_recurrences_refuse_distinct_query_and_key_ids():
+  rng = np.random.default_rng(4)
+  ids, q, k, v, _ = _packed(rng, [3, 4])
+  pair = (jnp.asarray(ids[None]), jnp.asarray(ids[None]))
+  with pytest.raises(NotImplementedError, match=r"^retention: segment_ids must be one int "
+                                                r"array \[B, T\] that queries and keys share"):
+    attention_zoo.get("retention")(q, k, v, is_causal=True, segment_ids=pair)
 
 
 def _visits_reference(ids, bq, bk, is_causal):
