@@ -20,7 +20,8 @@ from typing import Callable, NamedTuple
 import jax
 import jax.numpy as jnp
 
-from attention_zoo import block_skipping, implementations, masking, online_softmax, validation
+from attention_zoo import (block_skipping, implementations, masking, online_softmax, softmax,
+                           validation)
 
 NAME = "chunked"
 # Measured on the 2-core CPU (T=4096, 8 heads, head dim 64; `python launch.py bench`):
@@ -36,7 +37,7 @@ DEFAULT_KEY_CHUNK_SIZE = 256
 def chunked_attention(query, key, value, bias=None, mask=None, *, scale=None, is_causal=False,
                       query_seq_lengths=None, key_value_seq_lengths=None,
                       local_window_size=None, segment_ids=None, logit_soft_cap=None,
-                      sinks=None, score_mod=None, mask_mod=None,
+                      sinks=None, score_mod=None, mask_mod=None, return_residual=False,
                       query_chunk_size=DEFAULT_QUERY_CHUNK_SIZE,
                       key_chunk_size=DEFAULT_KEY_CHUNK_SIZE, implementation=None):
   """Equal to `softmax` (to float32 rounding) on every argument, in O(T + S) memory.
@@ -54,7 +55,8 @@ def chunked_attention(query, key, value, bias=None, mask=None, *, scale=None, is
   multiples of the chunk sizes, and chunk sizes above them are clipped to them. A query row
   that can attend no key returns zeros; NaN reaches the rows it does in `softmax`. Supports
   reverse-mode differentiation (not forward mode). `implementation`: None, "xla" (this
-  code), "cudnn" or "pallas" (attention_zoo/implementations.py).
+  code), "cudnn" or "pallas" (attention_zoo/implementations.py). `return_residual` as in
+  `softmax`: the log-sum-exp the forward keeps for its backward, differentiable too.
   """
   check_options(query_chunk_size, key_chunk_size, implementation)
   return blocked_attention(NAME, query, key, value, bias, mask, scale=scale,
@@ -62,8 +64,8 @@ def chunked_attention(query, key, value, bias=None, mask=None, *, scale=None, is
                            key_value_seq_lengths=key_value_seq_lengths,
                            local_window_size=local_window_size, segment_ids=segment_ids,
                            logit_soft_cap=logit_soft_cap, sinks=sinks, score_mod=score_mod,
-                           mask_mod=mask_mod, query_chunk_size=query_chunk_size,
-                           key_chunk_size=key_chunk_size)
+                           mask_mod=mask_mod, return_residual=return_residual,
+                           query_chunk_size=query_chunk_size, key_chunk_size=key_chunk_size)
 
 
 def check_options(query_chunk_size=DEFAULT_QUERY_CHUNK_SIZE,
@@ -76,7 +78,8 @@ def check_options(query_chunk_size=DEFAULT_QUERY_CHUNK_SIZE,
 def blocked_attention(variant, query, key, value, bias, mask, *, scale, is_causal,
                       query_seq_lengths, key_value_seq_lengths, local_window_size,
                       query_chunk_size, key_chunk_size, segment_ids=None, logit_soft_cap=None,
-                      sinks=None, score_mod=None, mask_mod=None, count_blocks=False):
+                      sinks=None, score_mod=None, mask_mod=None, return_residual=False,
+                      count_blocks=False):
   """Checks the arguments, pads to whole blocks and runs the block kernel."""
   dims = validation.check_inputs(variant, query, key, value, bias, mask,
                                  query_seq_lengths=query_seq_lengths,
@@ -121,9 +124,15 @@ def blocked_attention(variant, query, key, value, bias, mask, *, scale, is_causa
     extras = extras._replace(visits=functools.reduce(jnp.logical_and, visits))
   if count_blocks:  # the debug entry point: how many blocks the forward pass folds
     return _forward(plan, q, k, v, bias, mask, query_seq_lengths, kv_len, extras)[2]
-  out = _attention(plan, q, k, v, bias, mask, query_seq_lengths, kv_len, extras)
-  out = out.transpose(1, 0, 4, 2, 3, 5).reshape(B, Tp, K * G, H)
-  return out[:, :T]
+  out, lse = _attention(plan, q, k, v, bias, mask, query_seq_lengths, kv_len, extras)
+  out = out.transpose(1, 0, 4, 2, 3, 5).reshape(B, Tp, K * G, H)[:, :T]
+  if not return_residual:
+    return out
+  # lse is +inf on rows with no key (the backward's p = 0); their residual is log(0) = -inf,
+  # or the sink's logit alone.
+  empty = -jnp.inf if sinks is None else sinks.astype(jnp.float32).reshape(1, 1, K * G)
+  lse = softmax.residual_layout(jnp.moveaxis(lse, 0, 3).reshape(B, K, G, Tp))[:, :T]
+  return out, jnp.where(lse == jnp.inf, empty, lse).astype(key.dtype)
 
 
 class _Extras(NamedTuple):
@@ -351,10 +360,12 @@ def _forward(plan, q, k, v, bias, mask, q_len, kv_len, extras):
   return out, lse, folded
 
 
-def _backward(plan, residuals, dout):
+def _backward(plan, residuals, cotangents):
   q, k, v, bias, mask, q_len, kv_len, extras, out, lse = residuals
+  dout, dlse = cotangents
   q_max, kv_max = plan.limits(q_len, kv_len)
-  delta = jnp.sum(dout.astype(jnp.float32) * out.astype(jnp.float32), axis=-1)
+  # d lse / d logits = p: the residual's cotangent joins delta (FlashAttention-2's D).
+  delta = jnp.sum(dout.astype(jnp.float32) * out.astype(jnp.float32), axis=-1) - dlse
   consts = extras.score_consts
 
   def key_block(carry, xs):
@@ -410,12 +421,13 @@ def _add_bias_block(plan, dbias, ds, qb, kb):
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(0,))
 def _attention(plan, q, k, v, bias, mask, q_len, kv_len, extras):
-  return _forward(plan, q, k, v, bias, mask, q_len, kv_len, extras)[0]
+  """(out, lse); lse is +inf on rows with no key."""
+  return _forward(plan, q, k, v, bias, mask, q_len, kv_len, extras)[:2]
 
 
 def _attention_fwd(plan, q, k, v, bias, mask, q_len, kv_len, extras):
   out, lse, _ = _forward(plan, q, k, v, bias, mask, q_len, kv_len, extras)
-  return out, (q, k, v, bias, mask, q_len, kv_len, extras, out, lse)
+  return (out, lse), (q, k, v, bias, mask, q_len, kv_len, extras, out, lse)
 
 
 _attention.defvjp(_attention_fwd, _backward)

@@ -50,7 +50,8 @@ def refusals(implementation: str, dims, dtype, call: dict) -> list[str]:
   if implementation == "pallas":
     out += [f"{a} (the Pallas kernel takes causal and segment ids only)" for a in sorted(
         given & {"bias", "mask", "query_seq_lengths", "key_value_seq_lengths",
-                 "local_window_size", "logit_soft_cap", "sinks", "score_mod", "mask_mod"})]
+                 "local_window_size", "logit_soft_cap", "sinks", "score_mod", "mask_mod",
+                 "return_residual"})]
     if call.get("segment_ids") is not None and dims.T != dims.S:
       out.append(f"segment_ids with T={dims.T} != S={dims.S} (one id array for both)")
     if dims.T != dims.S and (dims.T % PALLAS_BLOCK or dims.S % PALLAS_BLOCK
@@ -94,9 +95,12 @@ def dispatching(variant: str):
                          dict(call, bias=bias, mask=mask))
       if chosen == "xla":
         return fn(query, key, value, bias, mask, scale=scale, is_causal=is_causal, **call)
-      return run(chosen, query, key, value, bias, mask,
-                 scale=validation.default_scale(variant, scale, dims.H), is_causal=is_causal,
-                 **call).astype(query.dtype)
+      out = run(chosen, query, key, value, bias, mask,
+                scale=validation.default_scale(variant, scale, dims.H), is_causal=is_causal,
+                **call)
+      if call.get("return_residual"):
+        return out[0].astype(query.dtype), out[1].astype(key.dtype)
+      return out.astype(query.dtype)
     return wrapper
   return decorate
 
@@ -109,7 +113,8 @@ def run(implementation: str, query, key, value, bias, mask, *, scale, is_causal,
         query, key, value, bias, mask, scale=scale, is_causal=is_causal, implementation="cudnn",
         query_seq_lengths=call.get("query_seq_lengths"),
         key_value_seq_lengths=call.get("key_value_seq_lengths"),
-        local_window_size=call.get("local_window_size"))
+        local_window_size=call.get("local_window_size"),
+        return_residual=bool(call.get("return_residual")))
   return _pallas(query, key, value, scale=scale, is_causal=is_causal,
                  segment_ids=None if segment_ids is None else segment_ids[0])
 

@@ -20,11 +20,12 @@ DEFAULT_BLOCK_SIZE = 64
 def local_attention(query, key, value, bias=None, mask=None, *, scale=None, is_causal=False,
                     query_seq_lengths=None, key_value_seq_lengths=None, local_window_size=None,
                     segment_ids=None, logit_soft_cap=None, sinks=None, score_mod=None,
-                    mask_mod=None, block_size=DEFAULT_BLOCK_SIZE):
+                    mask_mod=None, return_residual=False, block_size=DEFAULT_BLOCK_SIZE):
   """Softmax attention within `local_window_size` (required: bound at lookup or passed).
 
   Causal or bidirectional, symmetric (an int) or asymmetric `(left, right)` windows;
   mask and bias are read only inside the band. Rows that can attend no key return zeros.
+  `return_residual`, soft cap, sinks, segment ids and mods as in `chunked`.
   """
   if local_window_size is None:
     raise ValueError(f"{NAME}: local_window_size is required, e.g. "
@@ -36,6 +37,7 @@ def local_attention(query, key, value, bias=None, mask=None, *, scale=None, is_c
                                    local_window_size=local_window_size,
                                    segment_ids=segment_ids, logit_soft_cap=logit_soft_cap,
                                    sinks=sinks, score_mod=score_mod, mask_mod=mask_mod,
+                                   return_residual=return_residual,
                                    query_chunk_size=block_size, key_chunk_size=block_size)
 
 

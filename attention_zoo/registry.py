@@ -58,7 +58,7 @@ class Variant:
 # What a causal-only recurrence refuses (besides is_causal=False); the gated and delta-rule
 # recurrences take segment_ids (their state restarts where the id changes).
 _RECURRENCE_REFUSES = ("bias", "mask", "local_window_size", "logit_soft_cap", "sinks",
-                       "score_mod", "mask_mod")
+                       "score_mod", "mask_mod", "return_residual")
 # Gated DeltaNet's and Mamba-2's per-head decay; the delta rule's writing strength.
 _LOG_GATE = Input(per_head_dim=False, projection="softplus_decay", bounds=(-float("inf"), 0.0))
 _BETA = Input(per_head_dim=False, projection="sigmoid", bounds=(0.0, 1.0))
@@ -101,11 +101,12 @@ CALL_ARGUMENTS = ("scale", "is_causal", "query_seq_lengths", "key_value_seq_leng
                   "local_window_size")
 # Call arguments beyond JAX's: a variant takes them (a parameter of its function) or, through
 # validation.call_forms, refuses them; its entry's `refuses` says which.
-EXTRA_CALL_ARGUMENTS = ("segment_ids", "logit_soft_cap", "sinks", "score_mod", "mask_mod")
+EXTRA_CALL_ARGUMENTS = ("segment_ids", "logit_soft_cap", "sinks", "score_mod", "mask_mod",
+                        "return_residual")
 # Arguments that decide shapes or control flow, so they are compile-time constants.
 # score_mod and mask_mod are functions, hashed by identity: define them once, not per call.
 STATIC_ARGUMENTS = ("scale", "is_causal", "local_window_size", "logit_soft_cap", "score_mod",
-                    "mask_mod")
+                    "mask_mod", "return_residual")
 _UNSET = object()
 
 
@@ -224,19 +225,21 @@ class Attention:
   def __call__(self, query, key, value, bias=None, mask=None, *, scale=_UNSET,
                is_causal=_UNSET, query_seq_lengths=None, key_value_seq_lengths=None,
                local_window_size=_UNSET, segment_ids=None, logit_soft_cap=_UNSET, sinks=None,
-               score_mod=_UNSET, mask_mod=_UNSET, **inputs):
+               score_mod=_UNSET, mask_mod=_UNSET, return_residual=_UNSET, **inputs):
     """`inputs`: the variant's per-token arrays (e.g. `log_gate`), see `entry(name).inputs`.
     Beyond JAX's arguments, for the variants that take them (the others raise):
     `segment_ids` (int [B, T] or a (query, key) pair: packed sequences), `logit_soft_cap`
     (cap·tanh(logits/cap) before masking, Gemma 2) and `sinks` (float [N]: a learned logit
     per query head that joins the softmax's normaliser and adds no value), `score_mod` and
-    `mask_mod` (FlexAttention's functions; attention_zoo/mods.py)."""
+    `mask_mod` (FlexAttention's functions; attention_zoo/mods.py), `return_residual`
+    (True: (output, log-sum-exp [B, T, N]) as `jax.nn.dot_product_attention`)."""
     unknown = sorted(set(inputs) - set(self.inputs))
     if unknown:
       raise ValueError(f"{self.name}: unexpected argument(s) {unknown}; its per-token inputs "
                        f"are {list(self.inputs)}")
     given = dict(scale=scale, is_causal=is_causal, local_window_size=local_window_size,
-                 logit_soft_cap=logit_soft_cap, score_mod=score_mod, mask_mod=mask_mod)
+                 logit_soft_cap=logit_soft_cap, score_mod=score_mod, mask_mod=mask_mod,
+                 return_residual=return_residual)
     static = {k: v for k, v in given.items() if v is not _UNSET}
     if static.get("local_window_size") is not None:
       static["local_window_size"] = validation.normalize_window(

@@ -29,10 +29,11 @@ NAME = "ring"
 @validation.call_forms(NAME)
 def ring_attention(query, key, value, bias=None, mask=None, *, scale=None, is_causal=False,
                    query_seq_lengths=None, key_value_seq_lengths=None, local_window_size=None,
-                   segment_ids=None, axis_name="sequence"):
+                   segment_ids=None, return_residual=False, axis_name="sequence"):
   """Softmax attention, T and S split over mesh axis `axis_name`; rows with no key give zeros.
   `segment_ids` as in `softmax`: the key ids travel around the ring with their block, and a
-  block whose ids share none with this device's queries is skipped.
+  block whose ids share none with this device's queries is skipped. `return_residual` as in
+  `softmax` (differentiable).
 
   Dense `mask` and `bias` are not supported (they would need the same split): use the
   lengths, `is_causal` and `local_window_size`, or `softmax`/`chunked`.
@@ -67,8 +68,11 @@ def ring_attention(query, key, value, bias=None, mask=None, *, scale=None, is_ca
   if jax.sharding.AxisType.Explicit in mesh.axis_types:  # sharding in types: reshard first
     args = tuple(jax.reshard(x, spec) for x, spec in zip(args, specs))
   run = jax.shard_map(functools.partial(_ring, plan), mesh=mesh, in_specs=specs,
-                      out_specs=sequence_spec, check_vma=False)
-  return run(*args).astype(query.dtype)
+                      out_specs=(sequence_spec, sequence_spec), check_vma=False)
+  out, lse = run(*args)
+  if not return_residual:
+    return out.astype(query.dtype)
+  return out.astype(query.dtype), jnp.where(lse == jnp.inf, -jnp.inf, lse).astype(key.dtype)
 
 
 class _Ring:
@@ -109,13 +113,15 @@ class _Ring:
 
 
 def _ring(plan, query, key, value, q_len, kv_len, q_ids, kv_ids):
+  """(out [b, t, N, H], lse [b, t, N]: +inf on rows with no key) of this device's rows."""
   q, k, v = softmax.to_blocks_layout(query, key, value, plan.K)
-  return softmax.from_blocks_layout(_attention(plan, q, k, v, q_len, kv_len, q_ids, kv_ids))
+  out, lse = _attention(plan, q, k, v, q_len, kv_len, q_ids, kv_ids)
+  return softmax.from_blocks_layout(out), softmax.residual_layout(lse)
 
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(0,))
 def _attention(plan, q, k, v, q_len, kv_len, q_ids, kv_ids):
-  return _forward(plan, q, k, v, q_len, kv_len, q_ids, kv_ids)[0]
+  return _forward(plan, q, k, v, q_len, kv_len, q_ids, kv_ids)
 
 
 def _forward(plan, q, k, v, q_len, kv_len, q_ids, kv_ids):
@@ -139,13 +145,14 @@ def _forward(plan, q, k, v, q_len, kv_len, q_ids, kv_ids):
 
 def _attention_fwd(plan, q, k, v, q_len, kv_len, q_ids, kv_ids):
   out, lse = _forward(plan, q, k, v, q_len, kv_len, q_ids, kv_ids)
-  return out, (q, k, v, q_len, kv_len, q_ids, kv_ids, out, lse)
+  return (out, lse), (q, k, v, q_len, kv_len, q_ids, kv_ids, out, lse)
 
 
-def _attention_bwd(plan, residuals, dout):
+def _attention_bwd(plan, residuals, cotangents):
   q, k, v, q_len, kv_len, q_ids, kv_ids, out, lse = residuals
+  dout, dlse = cotangents
   tq, tk = q.shape[3], k.shape[2]
-  delta = jnp.sum(dout * out, axis=-1)
+  delta = jnp.sum(dout * out, axis=-1) - dlse  # d lse / d logits = p, as in chunked
 
   def step(i, carry):
     k_blk, v_blk, ids_blk, dk, dv, dq = carry

@@ -28,7 +28,8 @@ def from_blocks_layout(out):
 def softmax_attention(query, key, value, bias=None, mask=None, *, scale=None, is_causal=False,
                       query_seq_lengths=None, key_value_seq_lengths=None,
                       local_window_size=None, segment_ids=None, logit_soft_cap=None,
-                      sinks=None, score_mod=None, mask_mod=None, implementation=None):
+                      sinks=None, score_mod=None, mask_mod=None, return_residual=False,
+                      implementation=None):
   """Softmax attention with the semantics of `jax.nn.dot_product_attention`, and
   `segment_ids` (int [B, T], or a (query [B, T], key [B, S]) pair): a query attends only
   keys of its own segment (packed sequences); `logit_soft_cap`: logits = cap·tanh(logits /
@@ -39,7 +40,10 @@ def softmax_attention(query, key, value, bias=None, mask=None, *, scale=None, is
   -> bool` as FlexAttention's, called once on broadcast index arrays of the whole [B, N, T, S]
   grid: the dense oracle of `chunked`'s blockwise ones (attention_zoo/mods.py has examples).
   `implementation`: None, "xla" (this code), "cudnn" or "pallas" (attention_zoo/
-  implementations.py).
+  implementations.py). `return_residual=True` returns (output, residual) as
+  `jax.nn.dot_product_attention`: the residual [B, T, N] (key dtype) is each row's
+  log-sum-exp of its allowed logits (and its sink), -inf for a row with no key and no sink
+  (JAX's xla path gives a large negative number there), and here it is differentiable.
 
   Time and memory O(T·S). Logits, softmax and the value sum are float32; the output
   has the query's dtype. A query row that can attend no key (masked out, padding)
@@ -68,12 +72,18 @@ def softmax_attention(query, key, value, bias=None, mask=None, *, scale=None, is
                        segments=segment_ids)
   if mask_mod is not None:
     ok = mask_mod(*index) if ok is None else ok & mask_mod(*index)
-  probs, empty = masked_softmax(logits, ok, sink_logits(sinks, dims.K))
+  probs, empty, lse = masked_softmax(logits, ok, sink_logits(sinks, dims.K))
   out = jnp.einsum("bkgts,bksh->bkgth", probs.astype(v.dtype), v,
                    preferred_element_type=jnp.float32)
   # Zero weights times a NaN value are NaN: rows with no key are zeroed after the product.
-  out = jnp.where(empty, 0.0, out)
-  return from_blocks_layout(out).astype(query.dtype)
+  out = from_blocks_layout(jnp.where(empty, 0.0, out)).astype(query.dtype)
+  return (out, residual_layout(lse[..., 0]).astype(key.dtype)) if return_residual else out
+
+
+def residual_layout(lse):
+  """Row log-sum-exps [B, K, G, T] -> [B, T, N], the layout of JAX's residual."""
+  B, K, G, T = lse.shape
+  return lse.transpose(0, 3, 1, 2).reshape(B, T, K * G)
 
 
 def check_options(implementation=None):
@@ -97,9 +107,10 @@ def sink_logits(sinks, K: int):
 
 
 def masked_softmax(logits, ok, sinks=None):
-  """(softmax over the last axis restricted to `ok`, rows with no allowed entry): those
-  rows give zero weights. A NaN logit that is allowed makes its row NaN (never zero).
-  `sinks` [1, K, G, 1, 1]: one more logit per head in every row's normaliser (no value)."""
+  """(softmax over the last axis restricted to `ok`, rows with no allowed entry, the rows'
+  log-sum-exp): those rows give zero weights (and lse -inf, or the sink). A NaN logit that
+  is allowed makes its row NaN (never zero). `sinks` [1, K, G, 1, 1]: one more logit per
+  head in every row's normaliser (no value)."""
   if ok is not None:
     logits = jnp.where(ok, logits, -jnp.inf)
   # The shift cancels in the ratio, so it carries no gradient (as in jax.nn.softmax).
@@ -112,4 +123,6 @@ def masked_softmax(logits, ok, sinks=None):
     row_max = jnp.maximum(row_max, jax.lax.stop_gradient(sinks))
     unnormalized = jnp.exp(logits - row_max)
     total = jnp.sum(unnormalized, axis=-1, keepdims=True) + jnp.exp(sinks - row_max)
-  return unnormalized / jnp.where(empty, 1.0, total), empty
+  nothing = total == 0  # `empty` and no sink: log(0), with a gradient of 0, not NaN
+  lse = jnp.where(nothing, -jnp.inf, row_max + jnp.log(jnp.where(nothing, 1.0, total)))
+  return unnormalized / jnp.where(empty, 1.0, total), empty, lse

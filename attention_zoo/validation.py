@@ -208,6 +208,12 @@ def check_mod(variant: str, name: str, fn):
   return fn
 
 
+def check_return_residual(variant: str, flag) -> bool:
+  if not isinstance(flag, (bool, np.bool_)):
+    raise ValueError(f"{variant}: return_residual must be a bool, got {flag!r}")
+  return bool(flag)
+
+
 def _leading_ones(x, rank: int):
   """x with unit axes prepended up to `rank` (as `jax.nn.dot_product_attention` does)."""
   if x is None or np.ndim(x) >= rank:
@@ -228,8 +234,10 @@ def call_forms(variant: str):
   - `local_window_size` becomes `(left, right)`, clipped to (T - 1, S - 1).
   - `segment_ids` becomes a (query ids [B, T], key ids [B, S]) pair (`check_segment_ids`);
     `logit_soft_cap` a float > 0, `sinks` float32 [N], `score_mod` and `mask_mod` functions
-    (FlexAttention's, static). A variant whose function lacks one of
-    these parameters refuses it (NotImplementedError), never ignores it.
+    (FlexAttention's, static); `return_residual` a bool: True returns (output, the
+    log-sum-exp of each query row's logits [B, T, N]), as `jax.nn.dot_product_attention`.
+    A variant whose function lacks one of these parameters refuses it
+    (NotImplementedError), never ignores it.
   """
   def decorate(fn):
     takes = set(inspect.signature(fn).parameters)
@@ -237,7 +245,8 @@ def call_forms(variant: str):
     @functools.wraps(fn)
     def wrapper(query, key, value, bias=None, mask=None, *, query_seq_lengths=None,
                 key_value_seq_lengths=None, local_window_size=None, segment_ids=None,
-                logit_soft_cap=None, sinks=None, score_mod=None, mask_mod=None, **kwargs):
+                logit_soft_cap=None, sinks=None, score_mod=None, mask_mod=None,
+                return_residual=False, **kwargs):
       out_rank = np.ndim(query)
       query, key, value = (_leading_ones(x, 4) if np.ndim(x) == 3 else x
                            for x in (query, key, value))
@@ -253,7 +262,8 @@ def call_forms(variant: str):
                    logit_soft_cap=check_soft_cap(variant, logit_soft_cap),
                    sinks=check_sinks(variant, sinks, dims.N),
                    score_mod=check_mod(variant, "score_mod", score_mod),
-                   mask_mod=check_mod(variant, "mask_mod", mask_mod))
+                   mask_mod=check_mod(variant, "mask_mod", mask_mod),
+                   return_residual=check_return_residual(variant, return_residual))
       unsupported(variant, **{a: x for a, x in extra.items() if a not in takes})
       kwargs.update({a: x for a, x in extra.items() if a in takes})
       window = clip_window(normalize_window(variant, local_window_size), dims.T, dims.S)
@@ -261,7 +271,9 @@ def call_forms(variant: str):
                query_seq_lengths=clip_lengths(query_seq_lengths, dims.T),
                key_value_seq_lengths=clip_lengths(key_value_seq_lengths, dims.S),
                local_window_size=window, **kwargs)
-      return out[0] if out_rank == 3 else out
+      if out_rank == 3:  # (output, residual) or the output
+        return tuple(x[0] for x in out) if isinstance(out, tuple) else out[0]
+      return out
     return wrapper
   return decorate
 

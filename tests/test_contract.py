@@ -168,7 +168,7 @@ def test_refused_arguments_raise_naming_them(name):
   values = dict(bias=jnp.zeros((1, 1, T, S)), mask=jnp.ones((1, 1, T, S), bool),
                 local_window_size=(2, 2), segment_ids=jnp.zeros((B, T), jnp.int32),
                 logit_soft_cap=30.0, sinks=jnp.zeros((N,)), score_mod=mods.soft_cap(30.0),
-                mask_mod=mods.causal)
+                mask_mod=mods.causal, return_residual=True)
   refused = [dict(is_causal=False)] if entry.causal_only else []
   refused += [{argument: values[argument], "is_causal": True} for argument in entry.refuses]
   for kwargs in refused:

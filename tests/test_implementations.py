@@ -64,7 +64,8 @@ def test_pallas_in_half_precision():
 
 REFUSED = dict(bias=jnp.zeros((1, 1, 8, 8)), mask=jnp.ones((1, 1, 8, 8), bool),
                query_seq_lengths=jnp.array([4]), key_value_seq_lengths=jnp.array([4]),
-               local_window_size=(2, 2), logit_soft_cap=5.0, sinks=jnp.zeros(2))
+               local_window_size=(2, 2), logit_soft_cap=5.0, sinks=jnp.zeros(2),
+               return_residual=True)
 
 
 @pytest.mark.parametrize("argument", sorted(REFUSED))
