@@ -82,9 +82,7 @@ VARIANTS: dict[str, Variant] = {
                          decoder=decoding.recurrent(linear),
                          refuses=_RECURRENCE_REFUSES + ("segment_ids",)),
     ring.NAME: Variant(ring.ring_attention, ring.check_options,
-                       decoder=decoding.SOFTMAX_KV_CACHE, refuses=("bias", "mask", "logit_soft_cap",
-                                                                  "sinks", "score_mod",
-                                                                  "mask_mod"),
+                       decoder=decoding.SOFTMAX_KV_CACHE, refuses=("bias", "mask"),
                        mesh_axis_option="axis_name"),
     # The gated and delta-rule recurrences: causal only, an output norm per head in the
     # layer (as their papers), gates and beta made by the layer from its input.
