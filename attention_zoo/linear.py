@@ -41,7 +41,8 @@ MAX_FEATURES = 1 << 16  # favor's [F, H] projection and [F, H] state per head
 @validation.call_forms(NAME)
 def linear_attention(query, key, value, bias=None, mask=None, *, scale=None, is_causal=False,
                      query_seq_lengths=None, key_value_seq_lengths=None,
-                     local_window_size=None, feature_map="elu", num_features=256, seed=0,
+                     local_window_size=None, segment_ids=None, feature_map="elu",
+                     num_features=256, seed=0,
                      chunk_size=64):  # causal T=8192: 64 rows fastest (32: +10%, 256: +50%)
   """Kernelized attention; `scale` (None = 1, the paper's form) multiplies q before phi.
 
@@ -52,6 +53,8 @@ def linear_attention(query, key, value, bias=None, mask=None, *, scale=None, is_
   the module docstring for the one causal exception). A NaN in query row i makes row i
   NaN; a NaN in key j makes NaN exactly the rows that may attend j; a NaN value reaches
   the rows that attend it and may reach other rows of its head (0·NaN in a product).
+  `segment_ids` (causal, one int array [B, T] for queries and keys): the state restarts
+  where the id changes, so each packed sequence is computed as if it were alone.
   """
   dims = validation.check_inputs(NAME, query, key, value, bias, mask,
                                  query_seq_lengths=query_seq_lengths,
@@ -59,6 +62,16 @@ def linear_attention(query, key, value, bias=None, mask=None, *, scale=None, is_
   validation.unsupported(NAME, bias=bias, mask=mask, local_window_size=local_window_size)
   check_options(feature_map, num_features, seed, chunk_size)
   scale = _check_scale(feature_map, scale)
+  runs = None
+  if segment_ids is not None:
+    shared = segment_ids[0] is segment_ids[1]
+    if not is_causal or not shared:
+      raise NotImplementedError(
+          f"{NAME}: segment_ids needs is_causal=True and one int array [B, T] that queries "
+          f"and keys share (the causal state restarts where the id changes), got "
+          f"is_causal={is_causal} and {'one array' if shared else 'a (query, key) pair'}")
+    ids = segment_ids[0]  # runs of one id, numbered: query i and key j share one iff equal
+    runs = jnp.cumsum(jnp.pad(ids[:, 1:] != ids[:, :-1], [(0, 0), (1, 0)]), axis=1)
   lq, lk = log_features(query, key, scale=scale, feature_map=feature_map,
                         num_features=num_features, seed=seed)
   B, T, S, K, G = dims.B, dims.T, dims.S, dims.K, dims.G
@@ -69,7 +82,8 @@ def linear_attention(query, key, value, bias=None, mask=None, *, scale=None, is_
                    key_value_seq_lengths[:, None, None, None], lk, -jnp.inf)
   if is_causal:
     # favor's log-features grow with |x|²: only single-row blocks keep every row exact.
-    num, den = _causal(lq, lk, v, chunk_size, base=1 if feature_map == "favor" else chunk_size)
+    num, den = _causal(lq, lk, v, chunk_size, base=1 if feature_map == "favor" else chunk_size,
+                       runs=runs)
   else:
     num, den = _bidirectional(lq, lk, v)
   out = normalize(num, den)
@@ -202,15 +216,18 @@ def orthogonal_features(m: int, d: int, seed: int) -> np.ndarray:
   return (np.concatenate(blocks)[:m] * norms[:, None]).astype(np.float32)
 
 
-def _causal(lq, lk, v, chunk, base):
+def _causal(lq, lk, v, chunk, base, runs=None):
   """Causal numerator [B,T,K,G,H] and normaliser [B,T,K,G], chunk by chunk.
 
   Query i attends keys j <= i (top-left aligned, as softmax); T != S is handled by
   padding both to a whole number of chunks of the longer length (a chunk longer than
   the sequence shrinks to the power of two that covers it; one that is halved grows to a
-  power of two). Each row sums the state
-  before its chunk and the keys of its own chunk (`_within`, halving down to `base`
-  rows), every part at its own scale, combined as `_merge` does.
+  power of two). Each row sums the state before its chunk and the keys of its own chunk
+  (`_within`, halving down to `base` rows), every part at its own scale, combined as
+  `_merge` does. `runs` int [B, T] (T == S): query i and key j are of one packed sequence
+  iff their runs are equal; then only the last run's keys of a chunk enter the state, which
+  restarts in a chunk where a run starts and reaches only the rows of the run it holds (as
+  the gated recurrences do, chunkwise.py).
   """
   B, T, K, G, F = lq.shape
   S = lk.shape[1]
@@ -225,8 +242,15 @@ def _causal(lq, lk, v, chunk, base):
     return x.reshape(B, n, chunk, *x.shape[2:])
 
   lq, lk, vv = blocks(lq, T, 0.0), blocks(lk, S, -jnp.inf), blocks(v, S, 0.0)
-  own = _finite_max(lk, 2)                                    # [B, n, 1, K, F]
-  pk_own = jnp.exp(lk - _finite(own))
+  lk_state, fresh, carries = lk, jnp.zeros((B, n), bool), None
+  if runs is not None:
+    runs = jnp.pad(runs, [(0, 0), (0, L - T)], mode="edge").reshape(B, n, chunk)
+    last = runs[:, :, -1]
+    before = jnp.concatenate([runs[:, :1, 0], last[:, :-1]], axis=1)  # the state's run
+    lk_state = jnp.where((runs == last[..., None])[..., None, None], lk, -jnp.inf)
+    fresh, carries = last != before, runs == before[..., None]
+  own = _finite_max(lk_state, 2)                              # [B, n, 1, K, F]
+  pk_own = jnp.exp(lk_state - _finite(own))
   chunk_kv = jnp.einsum("bnckf,bnckh->bnkfh", pk_own, vv)
   chunk_k = pk_own.sum(axis=2)
 
@@ -234,7 +258,9 @@ def _causal(lq, lk, v, chunk, base):
     """Adds one chunk to the state (both relative to their own shifts); emits the state
     before it: an exclusive prefix, never a difference of sums (which NaN would poison)."""
     shift, kv, k = state
-    c_shift, c_kv, c_k = xs
+    c_shift, c_kv, c_k, c_fresh = xs
+    kept = ~c_fresh[:, None, None]  # a run starts in this chunk: the state restarts after it
+    shift, kv, k = jnp.where(kept, shift, -jnp.inf), kv * kept[..., None], k * kept
     new = jnp.maximum(shift, c_shift)
     a, b = jnp.exp(shift - _finite(new)), jnp.exp(c_shift - _finite(new))
     return (new, kv * a[..., None] + c_kv * b[..., None], k * a + c_k * b), state
@@ -242,23 +268,25 @@ def _causal(lq, lk, v, chunk, base):
   f32 = jnp.float32  # explicit: under x64 a default dtype would be float64
   init = (jnp.full((B, K, F), -jnp.inf, f32), jnp.zeros((B, K, F, v.shape[-1]), f32),
           jnp.zeros((B, K, F), f32))
-  per_chunk = [jnp.moveaxis(x, 1, 0) for x in (own[:, :, 0], chunk_kv, chunk_k)]
+  per_chunk = [jnp.moveaxis(x, 1, 0) for x in (own[:, :, 0], chunk_kv, chunk_k, fresh)]
   _, before = jax.lax.scan(carry_on, init, per_chunk)
   prev, state_kv, state_k = (jnp.moveaxis(x, 0, 1) for x in before)  # state relative to prev
   # The state's part at its own scale: -inf (no part) before any key.
   a = lq + prev[:, :, None, :, None, :]
+  if carries is not None:  # rows of a run that starts in this chunk read no state
+    a = jnp.where(carries[..., None, None, None], a, -jnp.inf)
   m = _finite_max(a, -1)
   pq = jnp.exp(a - _finite(m))
   past = (jnp.einsum("bnckgf,bnkfh->bnckgh", pq, state_kv),
           jnp.einsum("bnckgf,bnkf->bnckg", pq, state_k), m[..., 0])
   flat = lambda x: x.reshape(B * n, chunk, *x.shape[3:])
-  own_part = _within(flat(lq), flat(lk), flat(vv), base)
+  own_part = _within(flat(lq), flat(lk), flat(vv), base, None if runs is None else flat(runs))
   own_part = tuple(x.reshape(B, n, *x.shape[1:]) for x in own_part)
   num, den, _ = _merge(past, own_part)
   return num.reshape(B, L, K, G, -1)[:, :T], den.reshape(B, L, K, G)[:, :T]
 
 
-def _within(lq, lk, v, base):
+def _within(lq, lk, v, base, runs=None):
   """Each row's sum over the keys of its own block at or before it: (num, den, m), num
   and den scaled by exp(-m). [M, C, ...] blocks; halves while C > base and C is even.
 
@@ -266,30 +294,42 @@ def _within(lq, lk, v, base):
   key a row attends (then the row underflows to zeros). Halving keeps every shared shift
   among keys that all of the block's rows attend: the lower-left quarter (the second
   half's queries, the first half's keys) is a dense block; the two diagonal halves
-  recurse, batched. With base = 1 (and C a power of two) no row can underflow: each block's largest term is 1.
+  recurse, batched. With base = 1 (and C a power of two) no row can underflow: each
+  block's largest term is 1. With `runs` [M, C] the lower-left block keeps the first half's
+  last run only (its keys, and the second half's rows of that run: every key it shifts by
+  is still attended by every row that reads it); diagonal blocks keep the pairs of one run.
   """
   M, C = lq.shape[:2]
   if C <= base or C % 2:
-    return _block(lq, lk, v, causal=True)
+    return _block(lq, lk, v, causal=True, runs=runs)
   h = C // 2
-  lower_left = _block(lq[:, h:], lk[:, :h], v[:, :h], causal=False)
-  halves = lambda x: jnp.concatenate([x[:, :h], x[:, h:]])
-  num, den, m = _within(halves(lq), halves(lk), halves(v), base)
+  lq_left, lk_left = lq[:, h:], lk[:, :h]
+  if runs is not None:  # the lower left holds the first half's last run only (see above)
+    tail = runs[:, h - 1:h]
+    lq_left = jnp.where((runs[:, h:] == tail)[..., None, None, None], lq_left, -jnp.inf)
+    lk_left = jnp.where((runs[:, :h] == tail)[..., None, None], lk_left, -jnp.inf)
+  lower_left = _block(lq_left, lk_left, v[:, :h], causal=False)
+  halves = lambda x: None if x is None else jnp.concatenate([x[:, :h], x[:, h:]])
+  num, den, m = _within(halves(lq), halves(lk), halves(v), base, halves(runs))
   first = (num[:M], den[:M], m[:M])
   second = _merge((num[M:], den[M:], m[M:]), lower_left)
   return tuple(jnp.concatenate([x, y], axis=1) for x, y in zip(first, second))
 
 
-def _block(lq, lk, v, causal):
+def _block(lq, lk, v, causal, runs=None):
   """One dense block [M, C, K, G, F] x [M, D, K, F]: (num, den, m) with one key shift per
-  feature and m the row's largest shifted log-feature (-inf: no finite key)."""
+  feature and m the row's largest shifted log-feature (-inf: no finite key); causal blocks
+  keep, with `runs` [M, C], only the pairs of one run."""
   shift = _finite_max(lk, 1)                                  # [M, 1, K, F]
   a = lq + shift[:, :, :, None, :]
   m = _finite_max(a, -1)
   pq, pk = jnp.exp(a - _finite(m)), jnp.exp(lk - _finite(shift))
   s = jnp.einsum("mckgf,mdkf->mkgcd", pq, pk)
   if causal:
-    s = jnp.where(jnp.tril(jnp.ones(s.shape[-2:], bool)), s, 0.0)
+    allowed = jnp.tril(jnp.ones(s.shape[-2:], bool))
+    if runs is not None:
+      allowed = allowed & (runs[:, :, None] == runs[:, None, :])[:, None, None]
+    s = jnp.where(allowed, s, 0.0)
   return (jnp.einsum("mkgcd,mdkh->mckgh", s, v), jnp.einsum("mkgcd->mckg", s), m[..., 0])
 
 

@@ -55,8 +55,8 @@ class Variant:
     return self.mesh_axis_option is not None
 
 
-# What a causal-only recurrence refuses (besides is_causal=False); the gated and delta-rule
-# recurrences take segment_ids (their state restarts where the id changes).
+# What a causal-only recurrence refuses (besides is_causal=False); the recurrences take
+# segment_ids (their state restarts where the id changes; linear's in its causal form).
 _RECURRENCE_REFUSES = ("bias", "mask", "local_window_size", "logit_soft_cap", "sinks",
                        "score_mod", "mask_mod", "return_residual")
 # Gated DeltaNet's and Mamba-2's per-head decay; the delta rule's writing strength.
@@ -79,8 +79,7 @@ VARIANTS: dict[str, Variant] = {
     local.NAME: Variant(local.local_attention, local.check_options,
                         decoder=decoding.WINDOW_CACHE),
     linear.NAME: Variant(linear.linear_attention, linear.check_options,
-                         decoder=decoding.recurrent(linear),
-                         refuses=_RECURRENCE_REFUSES + ("segment_ids",)),
+                         decoder=decoding.recurrent(linear), refuses=_RECURRENCE_REFUSES),
     ring.NAME: Variant(ring.ring_attention, ring.check_options,
                        decoder=decoding.SOFTMAX_KV_CACHE, refuses=("bias", "mask"),
                        mesh_axis_option="axis_name"),

@@ -15,9 +15,12 @@ from attention_zoo import chunked, deltanet, gated_deltanet, gla, registry, rete
 from tests import oracle
 
 TAKING = [n for n in attention_zoo.names() if "segment_ids" not in registry.entry(n).refuses]
-# Block sizes that no sequence length below is a multiple of; the recurrences' chunks of 8
-# hold several boundaries (the first), none (the second: its run began before it) or one.
+# Packed lengths and block sizes that none of them is a multiple of. The recurrences' chunks
+# of 8 then hold several boundaries (the first chunk), and a run that starts in one chunk
+# (the second) and goes on in the next: its state restarts there and is read after it.
+LENGTHS = [3, 1, 2, 5, 9, 3]
 OPTIONS = {"chunked": dict(query_chunk_size=8, key_chunk_size=5), "local": dict(block_size=4),
+           "linear": dict(chunk_size=8),
            "retention": dict(chunk_size=8), "gla": dict(chunk_size=8, sub_chunk_size=2),
            "deltanet": dict(chunk_size=8), "gated_deltanet": dict(chunk_size=8)}
 RECURRENCES = {m.NAME: m for m in (retention, gla, deltanet, gated_deltanet)}
@@ -39,8 +42,9 @@ def test_every_exact_variant_and_recurrence_takes_segment_ids():
   assert {"softmax", "chunked", "local", *RECURRENCES} <= set(TAKING)
 
 
+# linear takes segment_ids in its causal form only (a restarting state).
 CASES = [(n, c) for n in TAKING for c in (False, True)
-         if c or not registry.entry(n).causal_only]
+         if c or not (registry.entry(n).causal_only or n == "linear")]
 
 
 @pytest.mark.parametrize("name,is_causal", CASES)
@@ -49,7 +53,7 @@ def test_packed_equals_each_sequence_alone(name, is_causal):
   equal each sequence run on its own (lengths that are no multiple of any block size): the
   sequences alone are the rows of one batch, each padded to the longest by its lengths."""
   rng = np.random.default_rng(0)
-  ids, q, k, v, pieces = _packed(rng, [3, 1, 2, 12, 5])
+  ids, q, k, v, pieces = _packed(rng, LENGTHS)
   k = oracle.unit_keys(name, k)
   inputs = oracle.per_token_inputs(name, q.shape, rng)
   window = dict(local_window_size=(3, 2)) if name == "local" else {}
@@ -98,6 +102,26 @@ def test_recurrences_restart_token_by_token_and_keep_the_last_state(name):
   _, alone = module.recurrent_scan(*(x[:, 16:26] for x in (q, k, v)),
                                    **{n: x[:, 16:26] for n, x in inputs.items()})
   np.testing.assert_allclose(state["state"], alone["state"], atol=2e-6, rtol=2e-5)
+
+
+@pytest.mark.parametrize("feature_map", ["relu", "favor"])
+def test_linear_restarts_with_every_feature_map(feature_map):
+  """relu and favor (halved down to single rows) as elu in the test above: forward only."""
+  rng = np.random.default_rng(5)
+  ids, q, k, v, pieces = _packed(rng, LENGTHS)
+  attend = attention_zoo.get("linear", feature_map=feature_map, num_features=16, chunk_size=8)
+  out = attend(q, k, v, is_causal=True, segment_ids=jnp.asarray(ids[None]))
+  for piece in pieces:
+    np.testing.assert_allclose(out[:, piece], attend(q[:, piece], k[:, piece], v[:, piece],
+                                                     is_causal=True), atol=2e-6, rtol=2e-5)
+
+
+def test_linear_refuses_segments_it_cannot_restart():
+  ids, q, k, v, _ = _packed(np.random.default_rng(6), [3, 4])
+  linear = attention_zoo.get("linear")
+  with pytest.raises(NotImplementedError, match=r"^linear: segment_ids needs is_causal=True "
+                                                r".*got is_causal=False and one array"):
+    linear(q, k, v, segment_ids=jnp.asarray(ids[None]))
 
 
 def test_recurrences_refuse_distinct_query_and_key_ids():
