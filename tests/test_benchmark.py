@@ -93,12 +93,16 @@ def test_devices_benchmark_runs_the_loop_on_each_device_count(tmp_path):
   assert table.count("\n| ") == 1 + len(rows)
 
 
-def test_flex_benchmark_prints_both_tables():
-  """experiments/benchmark/flex.py at a small T: both tables, every case measured, and
-  skipping computes fewer blocks than the dense mask."""
+def test_flex_benchmark_prints_its_tables():
+  """experiments/benchmark/flex.py at a small T: the three tables, every case measured,
+  the score_mod's memory growing linearly in T and the dense bias's faster, and skipping
+  computing fewer blocks than the dense mask."""
   from experiments.benchmark import flex  # pylint: disable=import-outside-toplevel
-  alibi, documents = flex.main(256, 64).split("\n\n")
+  alibi, memory, documents = flex.main(256, 64).split("\n\n")
   assert alibi.count("\n") == 5 and "ALiBi score_mod" in alibi and "failed" not in alibi
+  growth = {line.split(" | ")[0].strip("| "): float(line.split(" | ")[-1].strip(" |x"))
+            for line in memory.splitlines()[2:]}
+  assert growth["chunked, ALiBi score_mod"] < 10 < growth["chunked, ALiBi dense bias"], growth
   rows = {line.split(" | ")[0].strip("| "): line.split(" | ") for line in
           documents.splitlines()[2:]}
   assert int(rows["segment_ids"][3]) < int(rows["dense mask (no skipping)"][3])

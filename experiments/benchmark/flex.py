@@ -8,6 +8,8 @@ Two tables, each measured in this process (ratios are what count across machines
   as a dense [1, N, T, T] array and against `softmax` with it, and `chunked` with no bias:
   forward+backward time and compiled memory (XLA's memory_analysis: temporaries and
   arguments).
+- Memory against T (T/2 ... 4T, compiled only, nothing run): the same ALiBi cases'
+  forward+backward memory, linear in T with the score_mod, quadratic with a dense bias.
 - Document masking (8 packed documents of random lengths): `chunked` with `segment_ids` and
   with `mods.document` as a mask_mod (both skip blocks), against the same pairs as a dense
   mask (applied on every block): times and the blocks the forward pass computes.
@@ -41,25 +43,50 @@ def alibi_table(T: int, block: int | None) -> str:
   q, k, v = (jnp.asarray(rng.normal(size=(1, T, HEADS, HEAD_DIM)), jnp.float32)
              for _ in range(3))
   blocks = _blocks(block)
-  fast = attention_zoo.get("chunked", **blocks)
-  score_mod = mods.alibi(HEADS)
-  dense = lambda: softmax.grid_indices(1, HEADS, 1, T, T)
-  cases = {
-      "chunked, no bias": lambda q, k, v: fast(q, k, v, is_causal=True),
-      "chunked, ALiBi score_mod": lambda q, k, v: fast(q, k, v, is_causal=True,
-                                                       score_mod=score_mod),
-      "chunked, ALiBi dense bias": lambda q, k, v: fast(
-          q, k, v, score_mod(0.0, *dense()).reshape(1, HEADS, T, T), is_causal=True),
-      "softmax, ALiBi dense bias": lambda q, k, v: attention_zoo.get("softmax")(
-          q, k, v, score_mod(0.0, *dense()).reshape(1, HEADS, T, T), is_causal=True),
-  }
-  results = {label: _time_and_memory(fn, (q, k, v)) for label, fn in cases.items()}
+  results = {label: _time_and_memory(fn, (q, k, v))
+             for label, fn in _alibi_cases(T, blocks).items()}
   base = results["chunked, no bias"]
   rows = [[label, measure.time_range(vars(r)), tables.number(r.memory_mib, ",.0f", " MiB"),
            _ratio(r.median_ms, base.median_ms), _ratio(r.memory_mib, base.memory_mib)]
           for label, r in results.items()]
   return tables.markdown([f"causal, T = {T}, {_title(blocks)}", "fwd+bwd ms", "memory",
                           "time / no bias", "memory / no bias"], rows)
+
+
+def _alibi_cases(T, blocks):
+  """label -> fn(q, k, v): chunked without bias, with ALiBi as a score_mod and as a dense
+  [1, N, T, T] bias, and softmax with that bias."""
+  fast = attention_zoo.get("chunked", **blocks)
+  score_mod = mods.alibi(HEADS)
+  dense = lambda: score_mod(0.0, *softmax.grid_indices(1, HEADS, 1, T, T)).reshape(
+      1, HEADS, T, T)
+  return {
+      "chunked, no bias": lambda q, k, v: fast(q, k, v, is_causal=True),
+      "chunked, ALiBi score_mod": lambda q, k, v: fast(q, k, v, is_causal=True,
+                                                       score_mod=score_mod),
+      "chunked, ALiBi dense bias": lambda q, k, v: fast(q, k, v, dense(), is_causal=True),
+      "softmax, ALiBi dense bias": lambda q, k, v: attention_zoo.get("softmax")(
+          q, k, v, dense(), is_causal=True),
+  }
+
+
+def memory_table(T: int, block: int | None) -> str:
+  """Compiled forward+backward memory (MiB) of the ALiBi cases at T/2, T, 2T and 4T, and
+  its growth from T/2 to 4T (8x the length: 8x is linear, 64x quadratic). Compiled only."""
+  lengths = (T // 2, T, 2 * T, 4 * T)
+  found = {}
+  for n in lengths:
+    shape = jax.ShapeDtypeStruct((1, n, HEADS, HEAD_DIM), jnp.float32)
+    for label, fn in _alibi_cases(n, _blocks(block)).items():
+      grad = jax.grad(lambda *a, fn=fn: jnp.sum(fn(*a)), (0, 1, 2))
+      memory = jax.jit(grad).lower(shape, shape, shape).compile().memory_analysis()
+      found.setdefault(label, []).append(
+          (memory.temp_size_in_bytes + memory.argument_size_in_bytes) / 2**20)
+  rows = [[label, *(tables.number(m, ",.0f") for m in mib), f"{mib[-1] / mib[0]:.1f}x"]
+          for label, mib in found.items()]
+  return tables.markdown([f"fwd+bwd memory (MiB), {_title(_blocks(block))}",
+                          *(f"T = {n}" for n in lengths), f"{lengths[-1] // lengths[0]}x T"],
+                         rows)
 
 
 def document_table(T: int, block: int | None, documents: int = 8) -> str:
@@ -103,7 +130,7 @@ def _ratio(value, base):
 
 
 def main(T: int = 8192, block: int | None = None) -> str:
-  text = alibi_table(T, block) + "\n\n" + document_table(T, block)
+  text = "\n\n".join([alibi_table(T, block), memory_table(T, block), document_table(T, block)])
   print(text)
   return text
 
