@@ -79,13 +79,16 @@ def _step(s, qd, kd, decay, scores, u, w=None, carries=None, tail=None):
   bool [B, 1, C] (`_runs`). Returns (out, next state)."""
   past = jnp.einsum("bnck,bnkv->bncv", qd, s)
   ws = None if w is None else jnp.einsum("bnck,bnkv->bncv", w, s)
-  if carries is not None:  # a run that starts inside the chunk starts from zero
+  kept = decay[..., None] * s
+  if carries is not None:  # a run that starts inside the chunk starts from zero; selects,
+    # not products with 0, so that a NaN of an earlier run does not reach it (0 * NaN)
     past, ws = (None if x is None else jnp.where(carries[..., None], x, 0.0) for x in (past, ws))
-    decay = jnp.where(carries[..., -1:], decay, 0.0)
-    kd = jnp.where(tail[..., None], kd, 0.0)
+    kept = jnp.where(carries[..., -1:, None], kept, 0.0)
   new = u if ws is None else u - ws
   out = past + jnp.einsum("bncd,bndv->bncv", scores, new)
-  return out, decay[..., None] * s + jnp.einsum("bnck,bncv->bnkv", kd, new)
+  if tail is not None:  # only the last run's keys reach the next state
+    kd, new = (jnp.where(tail[..., None], x, 0.0) for x in (kd, new))
+  return out, kept + jnp.einsum("bnck,bncv->bnkv", kd, new)
 
 
 def _runs(resets):

@@ -260,7 +260,8 @@ def _causal(lq, lk, v, chunk, base, runs=None):
     shift, kv, k = state
     c_shift, c_kv, c_k, c_fresh = xs
     kept = ~c_fresh[:, None, None]  # a run starts in this chunk: the state restarts after it
-    shift, kv, k = jnp.where(kept, shift, -jnp.inf), kv * kept[..., None], k * kept
+    shift, kv, k = (jnp.where(kept, shift, -jnp.inf), jnp.where(kept[..., None], kv, 0.0),
+                    jnp.where(kept, k, 0.0))  # selects: 0 * NaN would carry a NaN on
     new = jnp.maximum(shift, c_shift)
     a, b = jnp.exp(shift - _finite(new)), jnp.exp(c_shift - _finite(new))
     return (new, kv * a[..., None] + c_kv * b[..., None], k * a + c_k * b), state

@@ -36,6 +36,7 @@ class Prepared(NamedTuple):
   log_gate: jax.Array | None  # [B, N, T, 1] (one per head) or [B, N, T, H]; None: no gate
   beta: jax.Array | None  # [B, N, T], or None for the gated-linear family
   resets: jax.Array | None  # bool [B, 1, T]: the state is zeroed before token t; None: never
+  silent: jax.Array | None  # bool [B, T]: rows of a run that starts past the key length
   initial: jax.Array     # [B, N, H, H] the state before the first token
   query_seq_lengths: jax.Array | None
   dtype: jnp.dtype       # the output's (the query's)
@@ -121,16 +122,21 @@ def prepare(variant: str, query, key, value, bias=None, mask=None, *, scale=None
     k, v = (jnp.where(live[..., None], x, 0.0) for x in (k, v))
     g = None if g is None else jnp.where(live[..., None], g, 0.0)
     b = None if b is None else jnp.where(live, b, 0.0)
-  resets = None
+  resets = silent = None
   if segment_ids is not None:
     ids = segment_ids[0]
-    resets = jnp.pad(ids[:, 1:] != ids[:, :-1], [(0, 0), (1, 0)])[:, None]   # [B, 1, T]
+    changes = jnp.pad(ids[:, 1:] != ids[:, :-1], [(0, 0), (1, 0)])          # [B, T]
+    resets = changes[:, None]
     if key_value_seq_lengths is not None:  # padding stays identity steps: the final state
-      resets &= live                       # is the one after the last key
+      resets &= live                       # is the one after the last key, and a run that
+      runs = jnp.cumsum(changes, axis=1)   # starts in the padding has no key: zero rows
+      last_key = jnp.clip(key_value_seq_lengths - 1, 0, T - 1)[:, None]
+      last = jnp.take_along_axis(runs, last_key, axis=1)
+      silent = runs > last
   rows = query_seq_lengths
   if key_value_seq_lengths is not None:  # no key at all: every row attends none, zeros
     rows = jnp.where(key_value_seq_lengths <= 0, 0, T if rows is None else rows)
-  return Prepared(q, k, v, g, b, resets, initial, rows, query.dtype)
+  return Prepared(q, k, v, g, b, resets, silent, initial, rows, query.dtype)
 
 
 def finish(x: Prepared, out) -> jax.Array:
@@ -139,6 +145,8 @@ def finish(x: Prepared, out) -> jax.Array:
   if x.query_seq_lengths is not None:
     live = jnp.arange(out.shape[1])[None, :] < x.query_seq_lengths[:, None]
     out = jnp.where(live[:, :, None, None], out, 0.0)
+  if x.silent is not None:
+    out = jnp.where(x.silent[:, :, None, None], 0.0, out)
   return out.astype(x.dtype)
 
 

@@ -40,6 +40,9 @@ class Variant:
   inputs: Mapping[str, Input] = dataclasses.field(default_factory=dict)
   causal_only: bool = False                     # is_causal=True and T == S, or it raises
   refuses: tuple[str, ...] = ()                 # call arguments it raises on, never ignores
+  segments: str = "pairs"                       # segment_ids it takes: "pairs", any query and
+                                                # key ids; "runs", one [B, T] array in causal
+                                                # calls (its state restarts where ids change)
   mesh_axis_option: str | None = None           # its option naming the mesh axis it splits
   normalize_qk: bool = False                    # the layer L2-normalises q and k (delta rule)
   output_norm: bool = False                     # the layer RMS-normalises each head's output
@@ -68,7 +71,8 @@ def _recurrence(module, normalize_qk=False, **inputs) -> Variant:
   """The entry of a gated or delta-rule recurrence module (retention.py, gla.py, ...)."""
   return Variant(getattr(module, f"{module.NAME}_attention"), module.check_options,
                  decoder=decoding.recurrent(module), inputs=inputs, causal_only=True,
-                 refuses=_RECURRENCE_REFUSES, normalize_qk=normalize_qk, output_norm=True)
+                 refuses=_RECURRENCE_REFUSES, segments="runs", normalize_qk=normalize_qk,
+                 output_norm=True)
 
 
 VARIANTS: dict[str, Variant] = {
@@ -79,7 +83,8 @@ VARIANTS: dict[str, Variant] = {
     local.NAME: Variant(local.local_attention, local.check_options,
                         decoder=decoding.WINDOW_CACHE),
     linear.NAME: Variant(linear.linear_attention, linear.check_options,
-                         decoder=decoding.recurrent(linear), refuses=_RECURRENCE_REFUSES),
+                         decoder=decoding.recurrent(linear), refuses=_RECURRENCE_REFUSES,
+                         segments="runs"),
     ring.NAME: Variant(ring.ring_attention, ring.check_options,
                        decoder=decoding.SOFTMAX_KV_CACHE, refuses=("bias", "mask"),
                        mesh_axis_option="axis_name"),

@@ -111,7 +111,7 @@ def _recurrence_reference(module):
   def reference(case, options):
     q, k, v = (x.astype(jnp.float32) for x in (case.q, case.k, case.v))
     call = {a: x for a, x in case.call.items()
-            if a in ("scale", "query_seq_lengths", "key_value_seq_lengths")}
+            if a in ("scale", "query_seq_lengths", "key_value_seq_lengths", "segment_ids")}
     return module.recurrent_scan(q, k, v, **call, **case.inputs, **options)[0]
   return reference
 
@@ -237,8 +237,10 @@ def cases(draw, name, dtypes=(jnp.float32, jnp.bfloat16), nan=False):
     if draw(st.booleans()):
       call[arg] = jnp.asarray(draw(st.lists(st.integers(-2, n + 3), min_size=B, max_size=B)),
                               jnp.int32)
-  if "segment_ids" not in refuses and draw(st.booleans()):
-    call["segment_ids"] = _segment_ids(draw, rng, B, T, S)
+  runs = entry.segments == "runs"  # one shared array, causal: packed rows only
+  if ("segment_ids" not in refuses and (not runs or (call["is_causal"] and T == S))
+      and draw(st.booleans())):
+    call["segment_ids"] = _segment_ids(draw, rng, B, T, S, runs)
   if "logit_soft_cap" not in refuses and draw(st.booleans()):
     call["logit_soft_cap"] = draw(st.sampled_from([0.5, 5.0]))
   if "sinks" not in refuses and draw(st.booleans()):
@@ -256,11 +258,11 @@ def cases(draw, name, dtypes=(jnp.float32, jnp.bfloat16), nan=False):
   return options, Case(q, k, v, bias, mask, call, inputs, unbatched)
 
 
-def _segment_ids(draw, rng, B, T, S):
-  """Packed rows (ids that never decrease, one array when T == S) or arbitrary ids per
-  position (a query and a key pair), from 1 to 3 segments."""
+def _segment_ids(draw, rng, B, T, S, runs=False):
+  """Packed rows (ids that never decrease, one array when T == S; only these if `runs`) or
+  arbitrary ids per position (a query and a key pair), from 1 to 3 segments."""
   n = draw(st.integers(1, 3))
-  if T == S and draw(st.booleans()):
+  if T == S and (runs or draw(st.booleans())):
     return jnp.asarray(np.sort(rng.integers(0, n, size=(B, T)), axis=1), jnp.int32)
   return tuple(jnp.asarray(rng.integers(0, n, size=(B, m)), jnp.int32) for m in (T, S))
 
@@ -535,7 +537,7 @@ def test_refused_arguments_raise_in_every_form(name):
                segment_ids=[jnp.zeros((B, T), jnp.int32)] * (T == S) +
                [(jnp.zeros((B, T), jnp.int32), jnp.ones((B, S), jnp.int32))],
                logit_soft_cap=[30.0], sinks=[jnp.zeros((N,))], score_mod=[mods.soft_cap(30.0)],
-               mask_mod=[mods.causal])
+               mask_mod=[mods.causal], return_residual=[True])
   attend = attention_zoo.get(name, **options)
   with _mesh_for(name):
     for argument in entry.refuses:
@@ -543,3 +545,7 @@ def test_refused_arguments_raise_in_every_form(name):
         kwargs = {**case.call, argument: value}
         with pytest.raises(NotImplementedError, match=f"^{name} .*{argument}"):
           attend(case.q, case.k, case.v, **kwargs, **case.inputs)
+    if entry.segments == "runs":  # one shared array only: a pair of ids is refused
+      with pytest.raises(NotImplementedError, match=f"^{name}: segment_ids .*pair"):
+        attend(case.q, case.k, case.v, **{**case.call, "is_causal": True}, segment_ids=(
+            jnp.zeros((B, T), jnp.int32), jnp.zeros((B, S), jnp.int32)), **case.inputs)

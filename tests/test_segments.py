@@ -85,7 +85,8 @@ def test_packed_equals_each_sequence_alone(name, is_causal):
 def test_recurrences_restart_token_by_token_and_keep_the_last_state(name):
   """The chunkwise form with segments equals the token-by-token recurrence with resets
   (which restarts before each new id), final state included: the one after the last key,
-  padding past the key length being identity steps."""
+  padding past the key length being identity steps; the rows of a run that starts in the
+  padding attend no key: zeros."""
   rng = np.random.default_rng(3)
   ids, q, k, v, _ = _packed(rng, [5, 9, 2, 14])
   ids[-4:] = 9  # padding with its own id: no reset may happen there
@@ -93,10 +94,11 @@ def test_recurrences_restart_token_by_token_and_keep_the_last_state(name):
   inputs = oracle.per_token_inputs(name, q.shape, rng)
   module = RECURRENCES[name]
   lengths = jnp.asarray([len(ids) - 4])
-  args = dict(segment_ids=jnp.asarray(ids[None]), key_value_seq_lengths=lengths,
-              query_seq_lengths=lengths, **inputs)
+  args = dict(segment_ids=jnp.asarray(ids[None]), key_value_seq_lengths=lengths, **inputs)
   out, state = module.chunkwise_with_state(q, k, v, **args, **OPTIONS[name])
   want_out, want_state = module.recurrent_scan(q, k, v, **args)
+  np.testing.assert_array_equal(out[:, -4:], 0.0)
+  assert np.all(np.asarray(out[:, -5]) != 0.0)  # the last key's run reads its state
   np.testing.assert_allclose(out, want_out, atol=2e-6, rtol=2e-5)
   np.testing.assert_allclose(state["state"], want_state["state"], atol=2e-6, rtol=2e-5)
   _, alone = module.recurrent_scan(*(x[:, 16:26] for x in (q, k, v)),
