@@ -17,11 +17,12 @@ from attention_zoo import decoding, gates, mods, registry
 
 
 def rope(x, positions, base: float = 10_000.0):
-  """x [B, T, N, H] rotated by integer `positions` [T] (rotary embeddings, Su et al. 2021;
-  halves paired as in GPT-NeoX and LLaMA), in float32, returned in x's dtype."""
+  """x [B, T, N, H] rotated by integer `positions` [T] or [B, T] (packed rows) (rotary
+  embeddings, Su et al. 2021; halves paired as in GPT-NeoX and LLaMA), in float32, returned
+  in x's dtype."""
   half = x.shape[-1] // 2
-  angles = positions[:, None].astype(jnp.float32) * base ** (-jnp.arange(half) / half)
-  sin, cos = jnp.sin(angles)[None, :, None], jnp.cos(angles)[None, :, None]
+  angles = positions[..., None].astype(jnp.float32) * base ** (-jnp.arange(half) / half)
+  sin, cos = jnp.sin(angles)[..., None, :], jnp.cos(angles)[..., None, :]  # [(B,) T, 1, H/2]
   x1, x2 = x[..., :half].astype(jnp.float32), x[..., half:].astype(jnp.float32)
   return jnp.concatenate([x1 * cos - x2 * sin, x2 * cos + x1 * sin], -1).astype(x.dtype)
 
@@ -89,9 +90,11 @@ class MultiHeadAttention(nnx.Module):
     return self.out(out if self.output_norm is None else self.output_norm(out))
 
   def __call__(self, x, context=None, *, is_causal=False, query_lengths=None,
-               context_lengths=None, positions=None):
+               context_lengths=None, positions=None, segment_ids=None):
     """x [B, T, D] (and context [B, S, D]) -> [B, T, D]; lengths are int32 [B] padding;
-    `positions` int [T] (self-attention with rope; default 0..T-1)."""
+    `positions` int [T] or [B, T] (self-attention with rope; default 0..T-1);
+    `segment_ids` as the variant takes them (int [B, T], or a (query, context) pair of
+    [B, T] and [B, S]): a query attends only its own segment's keys (packed rows)."""
     if context is None and self.rope and positions is None:
       positions = jnp.arange(x.shape[1])
     q, k, v, inputs = self._project(x, x if context is None else context,
@@ -99,6 +102,8 @@ class MultiHeadAttention(nnx.Module):
     attend = attention_zoo.get(self.attention, **dict(self.options))
     if context is None and self.score_mod is not None:
       inputs["score_mod"] = self.score_mod
+    if segment_ids is not None:  # packed rows; a variant that refuses them raises, naming them
+      inputs["segment_ids"] = segment_ids
     out = attend(q, k, v, is_causal=is_causal, query_seq_lengths=query_lengths,
                  key_value_seq_lengths=context_lengths, **inputs)
     return self._output(out)

@@ -69,6 +69,8 @@ def get_config() -> ml_collections.ConfigDict:
   c.data.mqar_train_pairs = ((64, 4), (128, 8), (256, 16), (256, 32), (256, 64))  # mqar: (L, N)
   c.data.mqar_test_pairs = ((64, 4), (128, 8), (256, 16), (512, 64))  # mqar: a split each
   c.data.random_non_queries = False  # mqar: filler tokens random (zoology's default) or 0
+  c.data.packing = False            # training rows hold several examples (segment ids;
+  #                                 decoder and encoder_decoder shapes; evaluation unpacked)
   c.data.batch_size = 32
   c.data.eval_batch_size = 64
 

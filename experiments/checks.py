@@ -7,7 +7,7 @@ import os
 import attention_zoo
 from attention_zoo import registry
 from experiments import console, optimizer, tasks
-from experiments.model import POOLINGS, POSITIONS
+from experiments.model import PACKED_SHAPES, POOLINGS, POSITIONS
 
 _COUNT = (lambda x: x >= 1, "a positive integer")
 _NATURAL = (lambda x: x >= 0, "0 or more")
@@ -58,10 +58,18 @@ def attention_roles(config) -> dict[str, tuple[str, str]]:
           "cross-attention": ("cross_attention", model.cross_attention or model.attention)}
 
 
+def _keeps_packed_examples_apart(entry, role: str) -> bool:
+  """Does the variant take the role's segment ids? A restarting state ("runs") serves
+  only causal self-attention (one id array, ids changing where an example starts)."""
+  return "segment_ids" not in entry.refuses and (
+      entry.segments == "pairs" or role == "decoder self-attention")
+
+
 def check_attention_roles(config) -> None:
-  """Each role's variant exists, can decode (decoder roles) and is not causal-only where
-  the role is not causal; read from the variants' registry entries. (Their options are
-  checked with every options block, in check_option_blocks.)"""
+  """Each role's variant exists, can decode (decoder roles), is not causal-only where the
+  role is not causal and takes segment ids if rows are packed; read from the variants'
+  registry entries. (Their options are checked with every options block, in
+  check_option_blocks.)"""
   for role, (field, name) in attention_roles(config).items():
     if name not in attention_zoo.names():
       raise ValueError(f"config.model.{field}={name!r} is not a variant; choose from "
@@ -75,6 +83,12 @@ def check_attention_roles(config) -> None:
       raise ValueError(f"config.model.{field}={name!r}: alibi positions are a score_mod of "
                        f"self-attention, which {name} refuses; choose positions from "
                        f"{POSITIONS} or a variant that takes score_mod")
+    if config.data.packing and not _keeps_packed_examples_apart(entry, role):
+      takes = [n for n in attention_zoo.names()
+               if _keeps_packed_examples_apart(registry.entry(n), role)]
+      raise ValueError(f"config.model.{field}={name!r} cannot take the segment ids that keep "
+                       f"the examples of a packed row apart in the {role} "
+                       f"(config.data.packing=True); variants that can: {takes}")
     if role != "decoder self-attention" and entry.causal_only:
       raise ValueError(f"config.model.{field}={name!r}: {name} is causal only, so it cannot "
                        f"be the {role}; set config.model.{field} to one of "
@@ -102,6 +116,9 @@ def check_config(config) -> None:
   for field, choices in (("pooling", POOLINGS), ("positions", POSITIONS)):
     if model[field] not in choices:
       raise ValueError(f"config.model.{field}={model[field]!r}; choose from {choices}")
+  if data.packing and tasks.model_shape(config) not in PACKED_SHAPES:
+    raise ValueError(f"config.data.packing=True: the {tasks.model_shape(config)!r} shape "
+                     f"takes one example per row; packing serves the shapes {PACKED_SHAPES}")
   check_attention_roles(config)
   check_option_blocks(config)
   if model.positions == "learned":

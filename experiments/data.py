@@ -11,6 +11,11 @@ follow the model's shape (experiments/model.py):
                    scored, else -1); a seq2seq example is `inputs BOS targets`, labelled on
                    the targets and EOS; an LM task (MQAR) brings its own labels;
   encoder:         inputs [B, S], input_lengths [B], label [B] (the one target symbol).
+Training batches packed (`config.data.packing`; the decoder and encoder_decoder shapes) hold
+several examples per row: the lengths are then each row's filled length, and the fields
+the model reads (tokens; inputs and decoder_inputs) come with `<field>_segment_ids`
+(1, 2, ... per example, 0 on the padding) and `<field>_positions` (from 0 in each example).
+Evaluation is never packed: decoding and exact-sequence accuracy take an example per row.
 """
 
 from __future__ import annotations
@@ -97,15 +102,39 @@ def _prepare(make_builder, config, data_dir: str):
 def encode(task: Task, example, split: str, shape: str, truncate: bool = False) -> dict:
   """One example -> padded arrays for a model of `shape`; too long raises unless `truncate`
   (then it is cut)."""
+  fields = _fields(task, example, split, shape, truncate)
+  padded = {}
+  for name, (n, value, lengths) in _layout(task, split, shape).items():
+    sequence = fields.pop(name)
+    padded[name] = _pad(sequence, n, value)
+    if lengths:
+      padded[lengths] = np.int32(len(sequence))
+  return {**padded, **fields}  # what is left: a classifier's label
+
+
+def _layout(task: Task, split: str, shape: str) -> dict:
+  """The sequence fields of `shape`'s batches: name -> (padded length, padding value, the
+  name of its lengths, or None where another field's lengths serve)."""
+  max_in, max_out = task.lengths[split]
+  if shape == "decoder":
+    n = max_in if task.labelled else max_in + max_out
+    return dict(tokens=(n, PAD, "lengths"), labels=(n, -1, None))
+  if shape == "encoder":
+    return dict(inputs=(max_in, PAD, "input_lengths"))
+  return dict(inputs=(max_in, PAD, "input_lengths"),
+              decoder_inputs=(max_out, PAD, "target_lengths"), targets=(max_out, PAD, None))
+
+
+def _fields(task: Task, example, split: str, shape: str, truncate: bool) -> dict:
+  """One example's unpadded sequences (and a classifier's label), checked against or cut
+  to the split's lengths."""
   max_in, max_out = task.lengths[split]
   inputs, targets = (np.asarray(x, np.int32) for x in task.to_symbols(example))
   inputs = inputs + RESERVED
   if task.labelled:  # an LM task: its own labels (-1: not scored), one length
     labels = np.where(targets >= 0, targets + RESERVED, -1).astype(np.int32)
     _check_length(task, split, len(inputs), max_in, truncate)
-    inputs, labels = inputs[:max_in], labels[:max_in]
-    return dict(tokens=_pad(inputs, max_in), lengths=np.int32(len(inputs)),
-                labels=_pad(labels, max_in, -1))
+    return dict(tokens=inputs[:max_in], labels=labels[:max_in])
   targets = targets + RESERVED
   if truncate:
     inputs, targets = inputs[:max_in], targets[:max_out - 1]
@@ -114,17 +143,12 @@ def encode(task: Task, example, split: str, shape: str, truncate: bool = False) 
                      f"length {len(targets)} exceeds the padded lengths ({max_in}, {max_out - 1}); "
                      f"raise them or set config.data.truncate")
   if shape == "encoder":
-    return dict(inputs=_pad(inputs, max_in), input_lengths=np.int32(len(inputs)),
-                label=np.int32(targets[0] - RESERVED))
+    return dict(inputs=inputs, label=np.int32(targets[0] - RESERVED))
   if shape == "decoder":
-    tokens = np.concatenate([inputs, [BOS], targets])
-    labels = np.concatenate([np.full(len(inputs), -1), targets, [EOS]]).astype(np.int32)
-    return dict(tokens=_pad(tokens, max_in + max_out), lengths=np.int32(len(tokens)),
-                labels=_pad(labels, max_in + max_out, -1))
-  return dict(inputs=_pad(inputs, max_in), input_lengths=np.int32(len(inputs)),
-              decoder_inputs=_pad(np.concatenate([[BOS], targets]), max_out)[:max_out],
-              targets=_pad(np.concatenate([targets, [EOS]]), max_out),
-              target_lengths=np.int32(len(targets) + 1))
+    return dict(tokens=np.concatenate([inputs, [BOS], targets]).astype(np.int32),
+                labels=np.concatenate([np.full(len(inputs), -1), targets, [EOS]]).astype(np.int32))
+  return dict(inputs=inputs, decoder_inputs=np.concatenate([[BOS], targets]).astype(np.int32),
+              targets=np.concatenate([targets, [EOS]]).astype(np.int32))
 
 
 def _pad(x, n, value=PAD):
@@ -142,12 +166,54 @@ def train_dataset(task: Task, cfg, shape: str, seed: int) -> grain.IterDataset:
 
   Each process reads its own shard of the examples (every `processes`-th, from `process`:
   task.placement) in batches of batch_size / processes: its rows of the global batch.
+  With `cfg.packing`, each row holds as many examples as fit (see `_pack`).
   """
-  encoded = lambda e: encode(task, e, "train", shape, cfg.truncate)
   process, processes = task.placement.process, task.placement.processes
-  return (grain.MapDataset.source(task.sources["train"])[process::processes]
-          .shuffle(seed=seed).repeat().map(encoded)
-          .batch(cfg.batch_size // processes, drop_remainder=True).to_iter_dataset())
+  rows = cfg.batch_size // processes
+  examples = (grain.MapDataset.source(task.sources["train"])[process::processes]
+              .shuffle(seed=seed).repeat())
+  if cfg.packing:
+    packed = _pack(examples.map(lambda e: _fields(task, e, "train", shape, cfg.truncate)),
+                   _layout(task, "train", shape), rows, seed).batch(rows, drop_remainder=True)
+    # Made ahead in a thread while the step runs, as grain's reader threads read padded
+    # batches ahead (seq2seq packed over padded target tokens/s: 1.46x without, 1.60x with).
+    return grain.experimental.ThreadPrefetchIterDataset(packed, prefetch_buffer_size=2)
+  return (examples.map(lambda e: encode(task, e, "train", shape, cfg.truncate))
+          .batch(rows, drop_remainder=True).to_iter_dataset())
+
+
+def _pack(examples: grain.MapDataset, layout: dict, rows: int, seed: int) -> grain.IterDataset:
+  """Unpadded examples packed into rows of the padded lengths, by grain's best-fit packing.
+
+  Grain numbers a row's examples 1, 2, ... in `<field>_segment_ids` (0 on the padding after
+  them) and restarts `<field>_positions` at 0 for each; an example's fields share its id, so
+  the decoder's ids and the encoder's pair up for cross-attention. Examples fill each row
+  from its start, so the filled length serves as the row's lengths, as for one example:
+  attention drops the padding by lengths (the block-skipping variants skip it) and segment
+  ids keep the examples apart. A field scored alongside another (labels, targets) keeps no
+  ids of its own. More bins than rows pack tighter (copy, lengths 4-32, decoder rows, batch
+  32: 88% full with one bin per row, 91% with four; unpacked 57%).
+  """
+  # Read without grain's prefetch threads: packing draws examples one by one, and the
+  # prefetcher's bookkeeping per element (it scans its 500-element buffer) doubled the
+  # pipeline's time; reading a local array_record example is quick.
+  examples = examples.to_iter_dataset(grain.ReadOptions(num_threads=0))
+  packed = grain.experimental.BestFitPackIterDataset(
+      examples, length_struct={k: n for k, (n, _, _) in layout.items()},
+      padding_struct={k: value for k, (_, value, _) in layout.items()},
+      num_packing_bins=4 * rows, seed=seed)
+
+  def row(packed_row):
+    out = {}
+    for name, (_, _, lengths) in layout.items():
+      out[name] = packed_row[name]
+      if lengths:
+        ids = packed_row[f"{name}_segment_ids"]
+        out.update({lengths: np.int32(np.count_nonzero(ids)), f"{name}_segment_ids": ids,
+                    f"{name}_positions": packed_row[f"{name}_positions"]})
+    return out
+
+  return packed.map(row)
 
 
 def eval_batches(task: Task, cfg, shape: str, split: str, max_batches: int | None = None):

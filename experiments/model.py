@@ -11,6 +11,12 @@ sinusoidal (added to the embeddings, so any length can be evaluated), learned (a
 self-attention, decoding at the right offset), `alibi` (a score_mod in self-attention: no
 dense bias; decoding at the true positions) or none; tied input and output embeddings.
 Self-attention honours the padding lengths; decoder self-attention is causal.
+
+Packed rows (several examples per row, experiments/data.py) come as `segments`: (segment
+ids, positions), int [B, L] each. Attention then stays within an example (the decoder's ids
+paired with the encoder's in cross-attention) and positions restart with each; ALiBi's
+q_idx - kv_idx needs nothing more, as within an example it equals the position difference
+and pairs across examples are masked.
 """
 
 from __future__ import annotations
@@ -26,6 +32,7 @@ from attention_zoo.layer import MultiHeadAttention
 
 
 SHAPES = ("encoder_decoder", "decoder", "encoder")
+PACKED_SHAPES = ("encoder_decoder", "decoder")  # those that take packed rows (`segments`)
 POSITIONS = ("sinusoidal", "learned", "rope", "alibi", "none")
 POOLINGS = ("cls", "mean")
 
@@ -92,19 +99,24 @@ class _Block(nnx.Module):
     self.dropout = nnx.Dropout(cfg.dropout_rate)
 
   def __call__(self, x, lengths, *, is_causal, memory=None, memory_lengths=None, rngs=None,
-               cache=None, position=None):
-    """Whole sequences; or, given a `cache`, one decoding step at `position`."""
+               cache=None, position=None, segments=None, memory_segment_ids=None):
+    """Whole sequences (packed: `segments`, and the memory's segment ids); or, given a
+    `cache`, one decoding step at `position`."""
+    segment_ids, positions = segments or (None, None)
     h = self.self_norm(x)
     if cache is None:
       h = self.self_attention(h, is_causal=is_causal, query_lengths=lengths,
-                              context_lengths=lengths)
+                              context_lengths=lengths, positions=positions,
+                              segment_ids=segment_ids)
     else:
       h, cache = self.self_attention.decode_step(h, cache, position)
     x = x + _drop(self.dropout, h, rngs)
     if self.cross_attention is not None:
       h = self.cross_norm(x)
       if cache is None:
-        h = self.cross_attention(h, memory, query_lengths=lengths, context_lengths=memory_lengths)
+        h = self.cross_attention(h, memory, query_lengths=lengths, context_lengths=memory_lengths,
+                                 segment_ids=None if segments is None
+                                 else (segment_ids, memory_segment_ids))
       else:
         h = self.cross_attention.attend_at(h, memory, position, memory_lengths)
       x = x + _drop(self.dropout, h, rngs)
@@ -155,34 +167,42 @@ class Transformer(nnx.Module):
       return self.position_table(positions)
     return 0.0
 
-  def encode(self, inputs, input_lengths, rngs=None, prefix=None):
-    """inputs int [B, S] (right-padded) -> memory [B, S, D]; `prefix` [D] (the classifier's
-    CLS vector) is put before every sequence at position 0."""
-    x = self._embed(inputs, jnp.arange(inputs.shape[1]) + (prefix is not None), rngs)
+  def encode(self, inputs, input_lengths, rngs=None, prefix=None, segments=None):
+    """inputs int [B, S] (right-padded, or packed: `segments`) -> memory [B, S, D]; `prefix`
+    [D] (the classifier's CLS vector) is put before every sequence at position 0."""
+    x = self._embed(inputs, jnp.arange(inputs.shape[1]) + (prefix is not None)
+                    if segments is None else segments[1], rngs)
     if prefix is not None:
       start = prefix + self._positions(jnp.zeros((1,), jnp.int32))
       x = jnp.concatenate([jnp.broadcast_to(start, (x.shape[0], 1, x.shape[2])), x], axis=1)
       input_lengths = input_lengths + 1
     for block in self.encoder:
-      x, _ = block(x, input_lengths, is_causal=False, rngs=rngs)
+      x, _ = block(x, input_lengths, is_causal=False, rngs=rngs, segments=segments)
     return self.encoder_norm(x)
 
-  def decode(self, decoder_inputs, target_lengths, memory, input_lengths, rngs=None):
+  def decode(self, decoder_inputs, target_lengths, memory, input_lengths, rngs=None,
+             segments=None, memory_segment_ids=None):
     """Teacher-forced decoder: decoder_inputs int [B, T] -> logits [B, T, V]."""
-    y = self._embed(decoder_inputs, jnp.arange(decoder_inputs.shape[1]), rngs)
+    y = self._embed(decoder_inputs, jnp.arange(decoder_inputs.shape[1])
+                    if segments is None else segments[1], rngs)
     for block in self.decoder:
       y, _ = block(y, target_lengths, is_causal=True, memory=memory,
-                   memory_lengths=input_lengths, rngs=rngs)
+                   memory_lengths=input_lengths, rngs=rngs, segments=segments,
+                   memory_segment_ids=memory_segment_ids)
     return self.embed.attend(self.decoder_norm(y))
 
-  def __call__(self, inputs, input_lengths, decoder_inputs, target_lengths, rngs=None):
-    """encoder_decoder: teacher-forced logits [B, T, V] of the targets given the inputs."""
-    memory = self.encode(inputs, input_lengths, rngs)
-    return self.decode(decoder_inputs, target_lengths, memory, input_lengths, rngs)
+  def __call__(self, inputs, input_lengths, decoder_inputs, target_lengths, rngs=None,
+               input_segments=None, target_segments=None):
+    """encoder_decoder: teacher-forced logits [B, T, V] of the targets given the inputs
+    (packed rows: both `segments` given)."""
+    memory = self.encode(inputs, input_lengths, rngs, segments=input_segments)
+    return self.decode(decoder_inputs, target_lengths, memory, input_lengths, rngs,
+                       target_segments, None if input_segments is None else input_segments[0])
 
-  def language_model(self, tokens, lengths, rngs=None):
-    """decoder: next-token logits [B, L, V] of tokens int [B, L] (right-padded)."""
-    return self.decode(tokens, lengths, None, None, rngs)
+  def language_model(self, tokens, lengths, rngs=None, segments=None):
+    """decoder: next-token logits [B, L, V] of tokens int [B, L] (right-padded, or packed:
+    `segments`)."""
+    return self.decode(tokens, lengths, None, None, rngs, segments)
 
   def classify(self, inputs, input_lengths, rngs=None):
     """encoder: class logits [B, C] of inputs int [B, S], pooled by CLS or the mean."""

@@ -5,6 +5,8 @@ language model: its labelled tokens; a classifier: its one class), so one `sums`
 all three: loss and correct predictions over the scored positions, and rows all of whose
 scored positions are right (teacher-forced, which for greedy decoding is the same thing:
 greedy emits the target exactly when every teacher-forced argmax is right).
+Packed rows (experiments/data.py) are scored the same way, position by position; exact
+and rows then count the examples (segments) of each row, not the rows.
 """
 
 from __future__ import annotations
@@ -12,6 +14,7 @@ from __future__ import annotations
 import dataclasses
 from typing import Callable
 
+import jax
 import jax.numpy as jnp
 import optax
 
@@ -24,21 +27,37 @@ class Objective:
   tokens: Callable        # batch -> tokens the model reads (for throughput)
   accuracy: str           # the metric name of correct / scored
   decodes: bool = False   # the final evaluation decodes (seq2seq: greedy or beam search)
+  segments: Callable = lambda batch: None  # batch -> segment ids [B, P] of the scored
+  #                                          positions in packed rows, else None
 
 
 def sums(objective: Objective, logits, batch) -> dict:
   """Totals over a batch: loss_sum, correct and count over scored positions; exact and rows
-  (rows with something scored)."""
+  (examples with something scored: a row, or each segment of a packed row)."""
   labels, weights = objective.scored(batch)
   if logits.ndim == 2:  # one prediction per row
     logits = logits[:, None]
   loss = optax.softmax_cross_entropy_with_integer_labels(logits.astype(jnp.float32),
                                                          jnp.maximum(labels, 0))
   correct = (logits.argmax(-1) == labels) & weights
-  rows = weights.any(axis=1)
+  # One id per (row, segment); an unpacked row is one segment. Sums over ids (not a
+  # [B, P, segments] one-hot) keep this O(B·P).
+  B, P = labels.shape
+  segments = objective.segments(batch)
+  ids = jnp.broadcast_to(jnp.arange(B)[:, None] * (P + 1)
+                         + (0 if segments is None else segments), (B, P)).ravel()
+  per_example = lambda x: jax.ops.segment_sum(x.ravel().astype(jnp.int32), ids, B * (P + 1))
+  examples = per_example(weights) > 0
+  right = examples & (per_example(weights & ~correct) == 0)
   return dict(loss_sum=jnp.sum(loss * weights), correct=jnp.sum(correct),
-              count=jnp.sum(weights), exact=jnp.sum(jnp.all(correct | ~weights, axis=1) & rows),
-              rows=jnp.sum(rows))
+              count=jnp.sum(weights), exact=jnp.sum(right), rows=jnp.sum(examples))
+
+
+def _segments(batch, field):
+  """A packed field's (segment ids, positions) for the model, or None (not packed)."""
+  if f"{field}_segment_ids" not in batch:
+    return None
+  return batch[f"{field}_segment_ids"], batch[f"{field}_positions"]
 
 
 def _seq2seq_scored(batch):
@@ -49,15 +68,19 @@ def _seq2seq_scored(batch):
 SEQ2SEQ = Objective(
     "encoder_decoder",
     logits=lambda model, b, rngs: model(b["inputs"], b["input_lengths"], b["decoder_inputs"],
-                                        b["target_lengths"], rngs=rngs),
-    scored=_seq2seq_scored,
+                                        b["target_lengths"], rngs=rngs,
+                                        input_segments=_segments(b, "inputs"),
+                                        target_segments=_segments(b, "decoder_inputs")),
+    scored=_seq2seq_scored, segments=lambda b: b.get("decoder_inputs_segment_ids"),
     tokens=lambda b: int(b["input_lengths"].sum() + b["target_lengths"].sum()),
     accuracy="token_accuracy", decodes=True)
 
 LANGUAGE_MODEL = Objective(
     "decoder",
-    logits=lambda model, b, rngs: model.language_model(b["tokens"], b["lengths"], rngs=rngs),
+    logits=lambda model, b, rngs: model.language_model(b["tokens"], b["lengths"], rngs=rngs,
+                                                       segments=_segments(b, "tokens")),
     scored=lambda b: (b["labels"], b["labels"] >= 0),
+    segments=lambda b: b.get("tokens_segment_ids"),
     tokens=lambda b: int(b["lengths"].sum()), accuracy="accuracy")
 
 CLASSIFIER = Objective(

@@ -2,7 +2,8 @@
 
 config.kind picks the benchmark: `attention` (every variant against JAX, over a grid),
 `rabe_staats` or `lra_efficiency` (the published tables), `devices` (the training loop over
-1-8 devices), `recurrence` (the gated and delta-rule recurrences against their scan form).
+1-8 devices), `recurrence` (the gated and delta-rule recurrences against their scan form),
+`packing` (training throughput with packed rows against padded ones).
 Each writes results.json, results.csv and table.md to the workdir (and PNG plots for
 `attention`), and prints the table.
 """
@@ -17,7 +18,7 @@ import platform
 import jax
 
 from experiments import console
-from experiments.benchmark import attention, devices, papers, peers, recurrences
+from experiments.benchmark import attention, devices, packing, papers, peers, recurrences
 
 
 def _attention(config):
@@ -27,7 +28,7 @@ def _attention(config):
 
 KINDS = {"attention": _attention, "rabe_staats": papers.rabe_staats,
          "lra_efficiency": papers.lra_efficiency, "devices": devices.run,
-         "recurrence": recurrences.run}
+         "recurrence": recurrences.run, "packing": packing.run}
 
 
 def check(config) -> None:
