@@ -86,7 +86,8 @@ VARIANTS: dict[str, Variant] = {
                          decoder=decoding.recurrent(linear), refuses=_RECURRENCE_REFUSES,
                          segments="runs"),
     ring.NAME: Variant(ring.ring_attention, ring.check_options,
-                       decoder=decoding.SOFTMAX_KV_CACHE, refuses=("bias", "mask"),
+                       decoder=decoding.SOFTMAX_KV_CACHE,
+                       refuses=("bias", "mask", "score_mod", "mask_mod"),
                        mesh_axis_option="axis_name"),
     # The gated and delta-rule recurrences: causal only, an output norm per head in the
     # layer (as their papers), gates and beta made by the layer from its input.

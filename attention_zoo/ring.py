@@ -6,19 +6,17 @@ the ring (`lax.ppermute`) for P steps, each device folding every visiting block 
 queries' online softmax. The backward pass (a `jax.custom_vjp`) is a second ring that
 recomputes each block's probabilities from the saved log-sum-exp: dq accumulates where it
 is, dk and dv travel with their block and are home after P steps. A block that causality
-or the window rules out entirely is skipped (`lax.cond`), forward and backward, and so is
-one where `mask_mod` allows nothing. Per device and step the memory is one (T/P)×(S/P)
-block, never T×S. `logit_soft_cap`, `sinks`, `score_mod` and `mask_mod` as in `chunked`:
-the mods see global positions (and the global batch index), the arrays they capture and the
-sinks enter the ring replicated, and their gradients are summed over the devices. A mod may
-not close over an array made under the mesh (`jax.set_mesh`): make it before.
+or the window rules out entirely is skipped (`lax.cond`), forward and backward. Per device
+and step the memory is one (T/P)×(S/P) block, never T×S. `logit_soft_cap` and `sinks` as in
+`chunked` (the sinks enter the ring replicated; their gradient is summed over the devices).
+score_mod and mask_mod are refused: a function traced inside the ring cannot read an array
+it closes over that was made under the (non-manual) mesh, which is where models make them.
 
 Runs under a mesh (`jax.set_mesh(mesh)`) that has the axis; other mesh axes shard the batch.
 """
 
 from __future__ import annotations
 
-import copy
 import functools
 import math
 
@@ -34,8 +32,8 @@ NAME = "ring"
 @validation.call_forms(NAME)
 def ring_attention(query, key, value, bias=None, mask=None, *, scale=None, is_causal=False,
                    query_seq_lengths=None, key_value_seq_lengths=None, local_window_size=None,
-                   segment_ids=None, logit_soft_cap=None, sinks=None, score_mod=None,
-                   mask_mod=None, return_residual=False, axis_name="sequence"):
+                   segment_ids=None, logit_soft_cap=None, sinks=None, return_residual=False,
+                   axis_name="sequence"):
   """Softmax attention, T and S split over mesh axis `axis_name`; rows with no key give zeros.
   `segment_ids` as in `softmax`: the key ids travel around the ring with their block, and a
   block whose ids share none with this device's queries is skipped. `return_residual` as in
@@ -67,22 +65,15 @@ def ring_attention(query, key, value, bias=None, mask=None, *, scale=None, is_ca
              for x, n in ((query_seq_lengths, dims.T), (key_value_seq_lengths, dims.S))]
   # Without segments every position is in segment 0: one code path, nothing skipped by ids.
   ids = segment_ids or tuple(jnp.zeros((dims.B, n), jnp.int32) for n in (dims.T, dims.S))
-  plan = _Ring(axis_name, devices, dims.K, scale, is_causal, window, logit_soft_cap, batch,
-               score_mod, mask_mod)
-  # The arrays the mods capture enter the ring as explicit replicated arguments, so that
-  # their gradients are computed (and summed over the devices).
-  local_batch = dims.B // (1 if batch is None else math.prod(mesh.shape[a] for a in batch))
-  block = (local_batch, dims.K, dims.N // dims.K, dims.T // devices, dims.S // devices)
-  extras = (sinks, *(() if fn is None else plan.converted(fn, block)[1]
-                     for fn in (score_mod, mask_mod)))
+  plan = _Ring(axis_name, devices, dims.K, scale, is_causal, window, logit_soft_cap)
   sequence_spec, lengths_spec = P(batch, axis_name), P(batch)
   specs = (sequence_spec,) * 3 + (lengths_spec,) * 2 + (sequence_spec,) * 2
   args = (query, key, value, *lengths, *ids)
   if jax.sharding.AxisType.Explicit in mesh.axis_types:  # sharding in types: reshard first
     args = tuple(jax.reshard(x, spec) for x, spec in zip(args, specs))
-    extras = jax.tree.map(lambda x: jax.reshard(x, P()), extras)
-  specs += (jax.tree.map(lambda _: P(), extras),)
-  args += (extras,)
+    sinks = None if sinks is None else jax.reshard(sinks, P())
+  specs += (None if sinks is None else P(),)  # replicated: every device's rows use them
+  args += (sinks,)
   run = jax.shard_map(functools.partial(_ring, plan), mesh=mesh, in_specs=specs,
                       out_specs=(sequence_spec, sequence_spec), check_vma=False)
   out, lse = run(*args)
@@ -92,56 +83,11 @@ def ring_attention(query, key, value, bias=None, mask=None, *, scale=None, is_ca
 
 
 class _Ring:
-  """The static facts of one ring: axis, size, heads, scale, masking rule, soft cap, the
-  batch's mesh axes (None: each device holds every sequence) and the converted mods."""
+  """The static facts of one ring: axis, size, heads, scale, masking rule and soft cap."""
 
-  def __init__(self, axis, size, K, scale, is_causal, window, cap=None, batch_axes=None,
-               score_mod=None, mask_mod=None):
+  def __init__(self, axis, size, K, scale, is_causal, window, cap=None):
     self.axis, self.size, self.K = axis, size, K
-    self.scale, self.is_causal, self.window = scale, is_causal, window
-    self.cap, self.batch_axes = cap, batch_axes
-    self.score_fn, self.mask_fn = score_mod, mask_mod
-    self.score_mod = self.mask_mod = None  # converted, inside the ring (`local`)
-
-  def converted(self, fn, block):
-    """(fn with every array it closes over as trailing arguments, those arrays), traced
-    at the shapes of one device's block [b, K, G, tq, tk]. Every array, not only the
-    differentiable ones (jax.closure_convert's): inside the ring an array made under the
-    outer mesh cannot be read, so all enter as replicated arguments. Converted where it
-    runs, as a traced function keeps the mesh context it was traced in."""
-    index = self.indices(jnp.arange(block[3]), jnp.arange(block[4]), jnp.int32(0), block[0],
-                         block[2])
-    score = (jax.ShapeDtypeStruct(block, jnp.float32),) if fn is self.score_fn else ()
-    try:
-      traced = jax.make_jaxpr(fn)(*score, *index)
-    except ValueError as e:  # an array it closes over was made under the mesh
-      if "mesh" not in str(e):
-        raise
-      raise ValueError(f"{NAME}: {'score_mod' if score else 'mask_mod'} closes over an array "
-                       f"made under jax.set_mesh, which the ring's devices cannot read: make "
-                       f"it before entering the mesh, or pass it in as an argument of the "
-                       f"jitted function") from e
-    arity = len(score) + len(index)
-    return (lambda *args: jax.core.eval_jaxpr(traced.jaxpr, args[arity:], *args[:arity])[0],
-            tuple(traced.consts))
-
-  def local(self, block):
-    """This plan with its mods converted inside the ring."""
-    plan = copy.copy(self)
-    plan.score_mod, plan.mask_mod = (None if fn is None else self.converted(fn, block)[0]
-                                     for fn in (self.score_fn, self.mask_fn))
-    return plan
-
-  def indices(self, q_pos, k_pos, b_first, B, G):
-    """FlexAttention's (b, h, q_idx, kv_idx) for a block, broadcast against its logits
-    [b, K, G, tq, tk]: global batch index and positions."""
-    return ((b_first + jnp.arange(B)).reshape(B, 1, 1, 1, 1),
-            jnp.arange(self.K * G).reshape(1, self.K, G, 1, 1),
-            q_pos.reshape(1, 1, 1, -1, 1), k_pos.reshape(1, 1, 1, 1, -1))
-
-  def first_row(self, B):
-    """The global batch index of this device's first sequence."""
-    return 0 if self.batch_axes is None else jax.lax.axis_index(self.batch_axes) * B
+    self.scale, self.is_causal, self.window, self.cap = scale, is_causal, window, cap
 
   def pass_on(self, *blocks):
     """Every device sends its blocks to the next on the ring."""
@@ -166,118 +112,96 @@ class _Ring:
     return ok
 
   def scores(self, q, k):
-    """Scaled float32 q·k [b, K, G, tq, tk], before score_mod and the cap."""
+    """Scaled float32 q·k [b, K, G, tq, tk], before the cap."""
     return jnp.einsum("bkgth,bksh->bkgts", q, k, preferred_element_type=jnp.float32) * self.scale
 
-  def modify(self, s, index, score_consts):
-    """score_mod, then the soft cap (each where given)."""
-    if self.score_mod is not None:
-      s = self.score_mod(s, *index, *score_consts).astype(jnp.float32)
+  def modify(self, s):
     return softmax.soft_cap(s, self.cap)
 
-  def allowed(self, q_pos, k_pos, q_len, kv_len, q_ids, k_ids, index, mask_consts):
-    ok = masking.allowed(q_pos, k_pos, is_causal=self.is_causal, window=self.window,
-                         q_len=q_len, kv_len=kv_len, segments=(q_ids, k_ids))
-    return ok if self.mask_mod is None else ok & self.mask_mod(*index, *mask_consts)
+  def allowed(self, q_pos, k_pos, q_len, kv_len, q_ids, k_ids):
+    return masking.allowed(q_pos, k_pos, is_causal=self.is_causal, window=self.window,
+                           q_len=q_len, kv_len=kv_len, segments=(q_ids, k_ids))
 
 
-def _ring(plan, query, key, value, q_len, kv_len, q_ids, kv_ids, extras):
+def _ring(plan, query, key, value, q_len, kv_len, q_ids, kv_ids, sinks):
   """(out [b, t, N, H], lse [b, t, N]: +inf on rows with no key) of this device's rows."""
   q, k, v = softmax.to_blocks_layout(query, key, value, plan.K)
-  plan = plan.local(q.shape[:4] + k.shape[2:3])
-  out, lse = _attention(plan, q, k, v, q_len, kv_len, q_ids, kv_ids, extras)
+  out, lse = _attention(plan, q, k, v, q_len, kv_len, q_ids, kv_ids, sinks)
   return softmax.from_blocks_layout(out), softmax.residual_layout(lse)
 
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(0,))
-def _attention(plan, q, k, v, q_len, kv_len, q_ids, kv_ids, extras):
-  return _forward(plan, q, k, v, q_len, kv_len, q_ids, kv_ids, extras)
+def _attention(plan, q, k, v, q_len, kv_len, q_ids, kv_ids, sinks):
+  return _forward(plan, q, k, v, q_len, kv_len, q_ids, kv_ids, sinks)
 
 
-def _visit(plan, q, k_blk, step, q_len, kv_len, q_ids, k_ids, extras):
-  """The block visiting at `step`: (its mods' index arrays, allowed pairs, whether it can
-  hold an allowed pair: else it is skipped)."""
-  tq, tk = q.shape[3], k_blk.shape[2]
-  q_pos, k_pos = plan.positions(step, tq, tk)
-  index = plan.indices(q_pos, k_pos, plan.first_row(q.shape[0]), q.shape[0], q.shape[2])
-  ok = plan.allowed(q_pos, k_pos, q_len, kv_len, q_ids, k_ids, index, extras[2])
-  reachable = plan.reachable(q_pos, k_pos, q_ids, k_ids)
-  if plan.mask_mod is not None:
-    reachable &= ok.any()
-  return index, ok, reachable
+def _visit(plan, q, k_blk, step, q_len, kv_len, q_ids, k_ids):
+  """The block visiting at `step`: (its allowed pairs, whether it can hold one: else it is
+  skipped)."""
+  q_pos, k_pos = plan.positions(step, q.shape[3], k_blk.shape[2])
+  return (plan.allowed(q_pos, k_pos, q_len, kv_len, q_ids, k_ids),
+          plan.reachable(q_pos, k_pos, q_ids, k_ids))
 
 
-def _forward(plan, q, k, v, q_len, kv_len, q_ids, kv_ids, extras):
+def _sink_logits(plan, sinks):
+  return None if sinks is None else sinks.astype(jnp.float32).reshape(1, plan.K, -1, 1)
+
+
+def _forward(plan, q, k, v, q_len, kv_len, q_ids, kv_ids, sinks):
   """This device's q [b,K,G,tq,H] against every device's k, v [b,K,tk,H] (and the key
-  ids [b, tk] travelling with them) -> out float32, lse. extras: (sinks [N] or None, the
-  score_mod's and the mask_mod's captured arrays)."""
-  sinks = extras[0]
+  ids [b, tk] travelling with them) -> out float32, lse; `sinks` [N] or None."""
 
   def step(i, carry):
     k_blk, v_blk, ids_blk, softmax_carry = carry
-    index, ok, reachable = _visit(plan, q, k_blk, i, q_len, kv_len, q_ids, ids_blk, extras)
-    logits = lambda: plan.modify(plan.scores(q, k_blk), index, extras[1])
+    ok, reachable = _visit(plan, q, k_blk, i, q_len, kv_len, q_ids, ids_blk)
+    logits = lambda: jnp.where(ok, plan.modify(plan.scores(q, k_blk)), -jnp.inf)
     softmax_carry = jax.lax.cond(
-        reachable, lambda c: online_softmax.fold(c, jnp.where(ok, logits(), -jnp.inf), v_blk),
-        lambda c: c, softmax_carry)
+        reachable, lambda c: online_softmax.fold(c, logits(), v_blk), lambda c: c,
+        softmax_carry)
     return (*plan.pass_on(k_blk, v_blk, ids_blk), softmax_carry)
 
   *_, carry = jax.lax.fori_loop(0, plan.size, step, (k, v, kv_ids, online_softmax.init(q)))
-  return online_softmax.finish(carry, None if sinks is None else
-                               sinks.astype(jnp.float32).reshape(1, plan.K, -1, 1))
+  return online_softmax.finish(carry, _sink_logits(plan, sinks))
 
 
-def _attention_fwd(plan, q, k, v, q_len, kv_len, q_ids, kv_ids, extras):
-  out, lse = _forward(plan, q, k, v, q_len, kv_len, q_ids, kv_ids, extras)
-  return (out, lse), (q, k, v, q_len, kv_len, q_ids, kv_ids, extras, out, lse)
+def _attention_fwd(plan, q, k, v, q_len, kv_len, q_ids, kv_ids, sinks):
+  out, lse = _forward(plan, q, k, v, q_len, kv_len, q_ids, kv_ids, sinks)
+  return (out, lse), (q, k, v, q_len, kv_len, q_ids, kv_ids, sinks, out, lse)
 
 
 def _attention_bwd(plan, residuals, cotangents):
   """Per device: dq of its rows, dk and dv of every block (sent home with it), and its
-  rows' part of the sinks' and captures' gradients (shard_map sums those over devices)."""
-  q, k, v, q_len, kv_len, q_ids, kv_ids, extras, out, lse = residuals
+  rows' part of the sinks' gradient (shard_map sums it over the devices)."""
+  q, k, v, q_len, kv_len, q_ids, kv_ids, sinks, out, lse = residuals
   dout, dlse = cotangents
   delta = jnp.sum(dout * out, axis=-1) - dlse  # d lse / d logits = p, as in chunked
-  # The score_mod's captured float arrays get gradients; the others (int ids) none.
-  inexact = [jnp.issubdtype(c.dtype, jnp.inexact) for c in extras[1]]
-  floats = tuple(c for c, f in zip(extras[1], inexact) if f)
-
-  def captured(floats, others=extras[1]):
-    floats = iter(floats)
-    return tuple(next(floats) if f else c for c, f in zip(others, inexact))
 
   def step(i, carry):
-    k_blk, v_blk, ids_blk, dk, dv, dq, dconsts = carry
-    index, ok, reachable = _visit(plan, q, k_blk, i, q_len, kv_len, q_ids, ids_blk, extras)
+    k_blk, v_blk, ids_blk, dk, dv, dq = carry
+    ok, reachable = _visit(plan, q, k_blk, i, q_len, kv_len, q_ids, ids_blk)
 
     def fold(grads):
-      dk, dv, dq, dconsts = grads
-      s, chain = jax.vjp(lambda s, floats: plan.modify(s, index, captured(floats)),
-                         plan.scores(q, k_blk), floats)
+      dk, dv, dq = grads
+      s, chain = jax.vjp(plan.modify, plan.scores(q, k_blk))
       p = jnp.where(ok, jnp.exp(s - lse[..., None]), 0.0)
       ds, dv_blk = online_softmax.logit_gradients(p, dout, delta, v_blk)
-      ds, dconsts_blk = chain(ds)  # through the cap and score_mod, to q·k and the captures
-      dq_blk, dk_blk = online_softmax.qk_gradients(ds, q, k_blk)
-      return (dk + dk_blk, dv + dv_blk, dq + dq_blk,
-              jax.tree.map(jnp.add, dconsts, dconsts_blk))
+      dq_blk, dk_blk = online_softmax.qk_gradients(chain(ds)[0], q, k_blk)  # through the cap
+      return dk + dk_blk, dv + dv_blk, dq + dq_blk
 
-    dk, dv, dq, dconsts = jax.lax.cond(reachable, fold, lambda g: g, (dk, dv, dq, dconsts))
+    dk, dv, dq = jax.lax.cond(reachable, fold, lambda g: g, (dk, dv, dq))
     # dk, dv travel with their block (and its ids)
     k_blk, v_blk, ids_blk, dk, dv = plan.pass_on(k_blk, v_blk, ids_blk, dk, dv)
-    return k_blk, v_blk, ids_blk, dk, dv, dq, dconsts
+    return k_blk, v_blk, ids_blk, dk, dv, dq
 
   zeros = lambda x: jnp.zeros(x.shape, jnp.float32)
-  *_, dk, dv, dq, dconsts = jax.lax.fori_loop(
-      0, plan.size, step, (k, v, kv_ids, zeros(k), zeros(v), zeros(q),
-                           jax.tree.map(jnp.zeros_like, floats)))
-  sinks, dsinks = extras[0], None
+  *_, dk, dv, dq = jax.lax.fori_loop(0, plan.size, step,
+                                     (k, v, kv_ids, zeros(k), zeros(v), zeros(q)))
+  dsinks = None
   if sinks is not None:  # d lse / d sink = its weight exp(sink - lse); lse = inf: no key
-    weight = jnp.exp(sinks.astype(jnp.float32).reshape(1, plan.K, -1, 1) - lse)
+    weight = jnp.exp(_sink_logits(plan, sinks) - lse)
     dsinks = -jnp.sum(weight * delta, axis=(0, 3)).reshape(-1).astype(sinks.dtype)
-  dextras = (dsinks, captured(dconsts, [None] * len(inexact)),
-             jax.tree.map(lambda _: None, extras[2]))
   return ((dq * plan.scale).astype(q.dtype), (dk * plan.scale).astype(k.dtype),
-          dv.astype(v.dtype), None, None, None, None, dextras)
+          dv.astype(v.dtype), None, None, None, None, dsinks)
 
 
 _attention.defvjp(_attention_fwd, _attention_bwd)
