@@ -71,7 +71,7 @@ def linear_attention(query, key, value, bias=None, mask=None, *, scale=None, is_
           f"and keys share (the causal state restarts where the id changes), got "
           f"is_causal={is_causal} and {'one array' if shared else 'a (query, key) pair'}")
     ids = segment_ids[0]  # runs of one id, numbered: query i and key j share one iff equal
-    runs = jnp.cumsum(jnp.pad(ids[:, 1:] != ids[:, :-1], [(0, 0), (1, 0)]), axis=1)
+    runs = jnp.cumsum(validation.segment_starts(ids), axis=1)
   lq, lk = log_features(query, key, scale=scale, feature_map=feature_map,
                         num_features=num_features, seed=seed)
   B, T, S, K, G = dims.B, dims.T, dims.S, dims.K, dims.G

@@ -125,7 +125,7 @@ def prepare(variant: str, query, key, value, bias=None, mask=None, *, scale=None
   resets = silent = None
   if segment_ids is not None:
     ids = segment_ids[0]
-    changes = jnp.pad(ids[:, 1:] != ids[:, :-1], [(0, 0), (1, 0)])          # [B, T]
+    changes = validation.segment_starts(ids)                                 # [B, T]
     resets = changes[:, None]
     if key_value_seq_lengths is not None:  # padding stays identity steps: the final state
       resets &= live                       # is the one after the last key, and a run that

@@ -177,6 +177,12 @@ def check_segment_ids(variant: str, segment_ids, B: int, T: int, S: int):
   return tuple(jnp.asarray(x, jnp.int32) for x in pair)
 
 
+def segment_starts(ids):
+  """bool [B, T]: where a token's id differs from the one before it (a restarting state's
+  resets; never the first token, whose state is the initial one)."""
+  return jnp.pad(ids[:, 1:] != ids[:, :-1], [(0, 0), (1, 0)])
+
+
 def check_soft_cap(variant: str, cap) -> float | None:
   """`logit_soft_cap` as a Python float > 0 (a static argument) or None."""
   if cap is None:
