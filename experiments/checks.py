@@ -7,7 +7,7 @@ import os
 import attention_zoo
 from attention_zoo import registry
 from experiments import console, optimizer, tasks
-from experiments.model import PACKED_SHAPES, POOLINGS, POSITIONS
+from experiments.model import POOLINGS, POSITIONS
 
 _COUNT = (lambda x: x >= 1, "a positive integer")
 _NATURAL = (lambda x: x >= 0, "0 or more")
@@ -116,9 +116,6 @@ def check_config(config) -> None:
   for field, choices in (("pooling", POOLINGS), ("positions", POSITIONS)):
     if model[field] not in choices:
       raise ValueError(f"config.model.{field}={model[field]!r}; choose from {choices}")
-  if data.packing and tasks.model_shape(config) not in PACKED_SHAPES:
-    raise ValueError(f"config.data.packing=True: the {tasks.model_shape(config)!r} shape "
-                     f"takes one example per row; packing serves the shapes {PACKED_SHAPES}")
   check_attention_roles(config)
   check_option_blocks(config)
   if model.positions == "learned":

@@ -11,10 +11,13 @@ follow the model's shape (experiments/model.py):
                    scored, else -1); a seq2seq example is `inputs BOS targets`, labelled on
                    the targets and EOS; an LM task (MQAR) brings its own labels;
   encoder:         inputs [B, S], input_lengths [B], label [B] (the one target symbol).
-Training batches packed (`config.data.packing`; the decoder and encoder_decoder shapes) hold
-several examples per row: the lengths are then each row's filled length, and the fields
-the model reads (tokens; inputs and decoder_inputs) come with `<field>_segment_ids`
-(1, 2, ... per example, 0 on the padding) and `<field>_positions` (from 0 in each example).
+Training batches packed (`config.data.packing`) hold several examples per row: the lengths
+are then each row's filled length, and the fields the model reads (tokens; inputs and
+decoder_inputs) come with `<field>_segment_ids` (1, 2, ... per example, 0 on the padding)
+and `<field>_positions` (from 0 in each example). A packed classifier row has `labels`
+[B, S] in place of `label`: each example's class at its first position, -1 elsewhere;
+with CLS pooling that position is a slot (BOS) before the example, for the CLS vector,
+and the rows are one longer than the inputs.
 Evaluation is never packed: decoding and exact-sequence accuracy take an example per row.
 """
 
@@ -161,25 +164,52 @@ def _check_length(task, split, length, limit, truncate):
                      f"length {limit}; raise it or set config.data.truncate")
 
 
-def train_dataset(task: Task, cfg, shape: str, seed: int) -> grain.IterDataset:
+def train_dataset(task: Task, cfg, shape: str, seed: int,
+                  pooling: str | None = None) -> grain.IterDataset:
   """Shuffled anew each epoch from `seed`, endless, in batches; its iterator is checkpointable.
 
   Each process reads its own shard of the examples (every `processes`-th, from `process`:
   task.placement) in batches of batch_size / processes: its rows of the global batch.
-  With `cfg.packing`, each row holds as many examples as fit (see `_pack`).
+  With `cfg.packing`, each row holds as many examples as fit (see `_pack`); a classifier
+  (`shape` encoder) packs a slot for the CLS vector before each example if `pooling` is cls.
   """
   process, processes = task.placement.process, task.placement.processes
   rows = cfg.batch_size // processes
   examples = (grain.MapDataset.source(task.sources["train"])[process::processes]
               .shuffle(seed=seed).repeat())
   if cfg.packing:
-    packed = _pack(examples.map(lambda e: _fields(task, e, "train", shape, cfg.truncate)),
-                   _layout(task, "train", shape), rows, seed).batch(rows, drop_remainder=True)
+    slot = shape == "encoder" and pooling == "cls"
+    packed = _pack(examples.map(lambda e: _packable(_fields(task, e, "train", shape,
+                                                            cfg.truncate), slot)),
+                   _packed_layout(task, shape, slot), rows, seed).batch(rows, drop_remainder=True)
     # Made ahead in a thread while the step runs, as grain's reader threads read padded
     # batches ahead (seq2seq packed over padded target tokens/s: 1.46x without, 1.60x with).
     return grain.experimental.ThreadPrefetchIterDataset(packed, prefetch_buffer_size=2)
   return (examples.map(lambda e: encode(task, e, "train", shape, cfg.truncate))
           .batch(rows, drop_remainder=True).to_iter_dataset())
+
+
+def _packable(fields: dict, slot: bool) -> dict:
+  """An example as packing takes it: a classifier's label becomes `labels`, its class at
+  the example's first position (after a BOS `slot` for the CLS vector, if asked)."""
+  if "label" not in fields:
+    return fields
+  inputs = fields["inputs"]
+  if slot:
+    inputs = np.concatenate([[BOS], inputs]).astype(np.int32)
+  labels = np.full(len(inputs), -1, np.int32)
+  labels[0] = fields["label"]
+  return dict(inputs=inputs, labels=labels)
+
+
+def _packed_layout(task: Task, shape: str, slot: bool) -> dict:
+  """_layout of packed training rows: a classifier's rows carry `labels` (one longer with
+  the CLS slot, so that the longest example fits as it does unpacked)."""
+  layout = _layout(task, "train", shape)
+  if shape != "encoder":
+    return layout
+  n = layout["inputs"][0] + slot
+  return dict(inputs=(n, PAD, "input_lengths"), labels=(n, -1, None))
 
 
 def _pack(examples: grain.MapDataset, layout: dict, rows: int, seed: int) -> grain.IterDataset:

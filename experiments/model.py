@@ -16,7 +16,10 @@ Packed rows (several examples per row, experiments/data.py) come as `segments`: 
 ids, positions), int [B, L] each. Attention then stays within an example (the decoder's ids
 paired with the encoder's in cross-attention) and positions restart with each; ALiBi's
 q_idx - kv_idx needs nothing more, as within an example it equals the position difference
-and pairs across examples are masked.
+and pairs across examples are masked. A packed classifier row scores each example at its
+first position: with CLS pooling that position is a slot the data leaves for the CLS vector
+(a BOS token, replaced here), as the unpacked model puts the CLS vector before the sequence;
+with mean pooling each position reads its example's mean.
 """
 
 from __future__ import annotations
@@ -32,7 +35,6 @@ from attention_zoo.layer import MultiHeadAttention
 
 
 SHAPES = ("encoder_decoder", "decoder", "encoder")
-PACKED_SHAPES = ("encoder_decoder", "decoder")  # those that take packed rows (`segments`)
 POSITIONS = ("sinusoidal", "learned", "rope", "alibi", "none")
 POOLINGS = ("cls", "mean")
 
@@ -169,13 +171,17 @@ class Transformer(nnx.Module):
 
   def encode(self, inputs, input_lengths, rngs=None, prefix=None, segments=None):
     """inputs int [B, S] (right-padded, or packed: `segments`) -> memory [B, S, D]; `prefix`
-    [D] (the classifier's CLS vector) is put before every sequence at position 0."""
+    [D] (the classifier's CLS vector) is put before every sequence at position 0, or, in a
+    packed row, replaces the slot at each example's position 0."""
     x = self._embed(inputs, jnp.arange(inputs.shape[1]) + (prefix is not None)
                     if segments is None else segments[1], rngs)
     if prefix is not None:
       start = prefix + self._positions(jnp.zeros((1,), jnp.int32))
-      x = jnp.concatenate([jnp.broadcast_to(start, (x.shape[0], 1, x.shape[2])), x], axis=1)
-      input_lengths = input_lengths + 1
+      if segments is None:
+        x = jnp.concatenate([jnp.broadcast_to(start, (x.shape[0], 1, x.shape[2])), x], axis=1)
+        input_lengths = input_lengths + 1
+      else:
+        x = jnp.where(((segments[1] == 0) & (segments[0] > 0))[..., None], start, x)
     for block in self.encoder:
       x, _ = block(x, input_lengths, is_causal=False, rngs=rngs, segments=segments)
     return self.encoder_norm(x)
@@ -204,15 +210,18 @@ class Transformer(nnx.Module):
     `segments`)."""
     return self.decode(tokens, lengths, None, None, rngs, segments)
 
-  def classify(self, inputs, input_lengths, rngs=None):
-    """encoder: class logits [B, C] of inputs int [B, S], pooled by CLS or the mean."""
-    if self.cls is None:
-      memory = self.encode(inputs, input_lengths, rngs)
+  def classify(self, inputs, input_lengths, rngs=None, segments=None):
+    """encoder: class logits [B, C] of inputs int [B, S], pooled by CLS or the mean; packed
+    rows (`segments`): logits [B, S, C], each example's at its first position (module
+    docstring)."""
+    prefix = None if self.cls is None else self.cls[...]
+    memory = self.encode(inputs, input_lengths, rngs, prefix=prefix, segments=segments)
+    if prefix is not None:
+      return self.head(memory if segments is not None else memory[:, 0])
+    if segments is None:
       real = (jnp.arange(inputs.shape[1]) < input_lengths[:, None])[..., None]
-      pooled = jnp.sum(memory * real, 1) / jnp.maximum(input_lengths, 1)[:, None]
-    else:
-      pooled = self.encode(inputs, input_lengths, rngs, prefix=self.cls[...])[:, 0]
-    return self.head(pooled)
+      return self.head(jnp.sum(memory * real, 1) / jnp.maximum(input_lengths, 1)[:, None])
+    return self.head(_segment_means(memory, segments[0]))
 
   def state_size(self, max_length: int) -> int:
     """Floats of the decoding state (caches) of all self-attention layers for one sequence of
@@ -239,3 +248,22 @@ class Transformer(nnx.Module):
                        cache=cache, position=position)
       new_caches.append(cache)
     return self.embed.attend(self.decoder_norm(y))[:, 0], new_caches
+
+
+def example_index(segment_ids, shape) -> jax.Array:
+  """Each position's example as one flat index [B·L] over a batch of `shape` (B, L): the
+  (row, segment id) pair as row·(L + 1) + id, so sums per example are segment sums over
+  B·(L + 1) ids rather than a [B, L, examples] one-hot. No `segment_ids`: a row each."""
+  B, L = shape
+  ids = jnp.arange(B)[:, None] * (L + 1) + (0 if segment_ids is None else segment_ids)
+  return jnp.broadcast_to(ids, (B, L)).ravel()
+
+
+def _segment_means(x, segment_ids):
+  """x [B, S, D] -> [B, S, D]: at each position, the mean of x over its segment (its row's
+  positions of the same id)."""
+  B, S, _ = x.shape
+  ids = example_index(segment_ids, (B, S))
+  sums = jax.ops.segment_sum(x.reshape(B * S, -1), ids, B * (S + 1))
+  counts = jax.ops.segment_sum(jnp.ones(B * S, x.dtype), ids, B * (S + 1))
+  return (sums / jnp.maximum(counts, 1)[:, None])[ids].reshape(x.shape)

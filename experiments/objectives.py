@@ -16,7 +16,11 @@ from typing import Callable
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 import optax
+
+from experiments.model import example_index
+from experiments.tasks import RESERVED
 
 
 @dataclasses.dataclass(frozen=True)
@@ -40,12 +44,8 @@ def sums(objective: Objective, logits, batch) -> dict:
   loss = optax.softmax_cross_entropy_with_integer_labels(logits.astype(jnp.float32),
                                                          jnp.maximum(labels, 0))
   correct = (logits.argmax(-1) == labels) & weights
-  # One id per (row, segment); an unpacked row is one segment. Sums over ids (not a
-  # [B, P, segments] one-hot) keep this O(B·P).
   B, P = labels.shape
-  segments = objective.segments(batch)
-  ids = jnp.broadcast_to(jnp.arange(B)[:, None] * (P + 1)
-                         + (0 if segments is None else segments), (B, P)).ravel()
+  ids = example_index(objective.segments(batch), (B, P))  # an unpacked row: one example
   per_example = lambda x: jax.ops.segment_sum(x.ravel().astype(jnp.int32), ids, B * (P + 1))
   examples = per_example(weights) > 0
   right = examples & (per_example(weights & ~correct) == 0)
@@ -83,11 +83,19 @@ LANGUAGE_MODEL = Objective(
     segments=lambda b: b.get("tokens_segment_ids"),
     tokens=lambda b: int(b["lengths"].sum()), accuracy="accuracy")
 
+def _classifier_scored(batch):
+  if "labels" in batch:  # packed: each example's class at its first position
+    return batch["labels"], batch["labels"] >= 0
+  return batch["label"][:, None], (batch["input_lengths"] > 0)[:, None]
+
+
 CLASSIFIER = Objective(
     "encoder",
-    logits=lambda model, b, rngs: model.classify(b["inputs"], b["input_lengths"], rngs=rngs),
-    scored=lambda b: (b["label"][:, None], (b["input_lengths"] > 0)[:, None]),
-    tokens=lambda b: int(b["input_lengths"].sum()), accuracy="accuracy")
+    logits=lambda model, b, rngs: model.classify(b["inputs"], b["input_lengths"], rngs=rngs,
+                                                 segments=_segments(b, "inputs")),
+    scored=_classifier_scored, segments=lambda b: b.get("inputs_segment_ids"),
+    tokens=lambda b: int(np.count_nonzero(np.asarray(b["inputs"]) >= RESERVED)),  # no CLS slots
+    accuracy="accuracy")
 
 OBJECTIVES = {o.shape: o for o in (SEQ2SEQ, LANGUAGE_MODEL, CLASSIFIER)}
 

@@ -160,7 +160,8 @@ def _train_and_evaluate(config, workdir: str, mesh) -> dict:
   state_sharding = parallel.state_shardings(mesh, state)
   state = jax.device_put(state, state_sharding)
   batch_sharding = parallel.batch_sharding(mesh)
-  train_iter = iter(data.train_dataset(task, config.data, objective.shape, config.seed))
+  train_iter = iter(data.train_dataset(task, config.data, objective.shape, config.seed,
+                                       config.model.pooling))
   ckpt = checkpoints.Checkpoints(workdir, config.checkpoint_every, config.keep_checkpoints)
   state, start = ckpt.restore(state, train_iter)
   writer = metrics.MetricsWriter(workdir, start, enabled=first_process)

@@ -5,8 +5,8 @@ twice, on padded rows and on packed ones, each after five untimed steps (the fir
 compiles). A step's time includes drawing its batch from the input pipeline (packing is
 done there, in Python). The two alternate in `rounds` of steps, so that other work on the
 machine slows both alike and their ratio holds even when the absolute rates do not.
-Useful target tokens are the scored positions (targets and EOS; padding never counts), the
-rate packing should raise; `vs padded` is the packed rate over the padded one.
+Useful target tokens are the scored positions (targets and EOS; a classifier's one class per
+example; padding never counts), the rate packing should raise; `vs padded` is the packed rate over the padded one.
 """
 
 from __future__ import annotations
@@ -52,17 +52,19 @@ class _Case:
 
 
 def _case(config, shape: str, packing: bool) -> _Case:
-  c = config.experiment.copy_and_resolve_references()
+  experiment = config.classifier_experiment if shape == "encoder" else config.experiment
+  c = experiment.copy_and_resolve_references()
   c.model.shape, c.data.packing = shape, packing
   checks.check_config(c)
   task = data.load_task(c.data)
   objective = objectives.OBJECTIVES[shape]
   tx, _ = optimizer.from_config(c.optimizer, c.num_train_steps)
-  state = TrainState.create(model_config(c.model, task.vocab_size, shape), tx, c.seed)
+  state = TrainState.create(model_config(c.model, task.vocab_size, shape, task.num_classes),
+                            tx, c.seed)
   step = jax.jit(functools.partial(train.train_step, objective, jax.random.key(c.seed)),
                  donate_argnums=0)
   case = _Case(shape, packing, c.data.batch_size, objective, step, state,
-               iter(data.train_dataset(task, c.data, shape, c.seed)))
+               iter(data.train_dataset(task, c.data, shape, c.seed, c.model.pooling)))
   case.run(5)
   case.seconds = case.steps = case.examples = case.targets = 0
   return case
