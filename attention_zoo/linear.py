@@ -63,14 +63,8 @@ def linear_attention(query, key, value, bias=None, mask=None, *, scale=None, is_
   check_options(feature_map, num_features, seed, chunk_size)
   scale = _check_scale(feature_map, scale)
   runs = None
-  if segment_ids is not None:
-    shared = segment_ids[0] is segment_ids[1]
-    if not is_causal or not shared:
-      raise NotImplementedError(
-          f"{NAME}: segment_ids needs is_causal=True and one int array [B, T] that queries "
-          f"and keys share (the causal state restarts where the id changes), got "
-          f"is_causal={is_causal} and {'one array' if shared else 'a (query, key) pair'}")
-    ids = segment_ids[0]  # runs of one id, numbered: query i and key j share one iff equal
+  ids = validation.restarting_segment_ids(NAME, segment_ids, is_causal)
+  if ids is not None:  # runs of one id, numbered: query i and key j share one iff equal
     runs = jnp.cumsum(validation.segment_starts(ids), axis=1)
   lq, lk = log_features(query, key, scale=scale, feature_map=feature_map,
                         num_features=num_features, seed=seed)

@@ -102,11 +102,9 @@ def prepare(variant: str, query, key, value, bias=None, mask=None, *, scale=None
   if dims.T != dims.S:
     raise NotImplementedError(f"{variant} attention does not support a key length S={dims.S} "
                               f"other than the query length T={dims.T}")
-  segment_ids = validation.check_segment_ids(variant, segment_ids, dims.B, dims.T, dims.S)
-  if segment_ids is not None and segment_ids[0] is not segment_ids[1]:
-    raise NotImplementedError(
-        f"{variant}: segment_ids must be one int array [B, T] that queries and keys share (a "
-        f"recurrence resets its state where the id changes), got a (query, key) pair")
+  ids = validation.restarting_segment_ids(
+      variant, validation.check_segment_ids(variant, segment_ids, dims.B, dims.T, dims.S),
+      is_causal)
   B, T, N, H = query.shape
   scale = validation.default_scale(variant, scale, H)
   initial = (jnp.zeros((B, N, H, H), jnp.float32) if initial_state is None
@@ -123,8 +121,7 @@ def prepare(variant: str, query, key, value, bias=None, mask=None, *, scale=None
     g = None if g is None else jnp.where(live[..., None], g, 0.0)
     b = None if b is None else jnp.where(live, b, 0.0)
   resets = silent = None
-  if segment_ids is not None:
-    ids = segment_ids[0]
+  if ids is not None:
     changes = validation.segment_starts(ids)                                 # [B, T]
     resets = changes[:, None]
     if key_value_seq_lengths is not None:  # padding stays identity steps: the final state

@@ -177,6 +177,21 @@ def check_segment_ids(variant: str, segment_ids, B: int, T: int, S: int):
   return tuple(jnp.asarray(x, jnp.int32) for x in pair)
 
 
+def restarting_segment_ids(variant: str, segment_ids, is_causal: bool):
+  """The ids a restarting state reads (int [B, T], or None) from check_segment_ids' pair:
+  one array that queries and keys share, in a causal call, for the state restarts where
+  the id changes; anything else raises, saying what was given."""
+  if segment_ids is None:
+    return None
+  shared = segment_ids[0] is segment_ids[1]
+  if not (is_causal and shared):
+    raise NotImplementedError(
+        f"{variant}: segment_ids needs is_causal=True and one int array [B, T] that queries "
+        f"and keys share (the causal state restarts where the id changes), got "
+        f"is_causal={is_causal} and {'one array' if shared else 'a (query, key) pair'}")
+  return segment_ids[0]
+
+
 def segment_starts(ids):
   """bool [B, T]: where a token's id differs from the one before it (a restarting state's
   resets; never the first token, whose state is the initial one)."""

@@ -3,7 +3,6 @@ takes them (the others refuse them: tests/test_contract.py): the recurrences res
 state at each segment, in the chunkwise form and token by token; chunked skips the blocks
 that no segment spans."""
 
-import functools
 
 import jax
 import jax.numpy as jnp
@@ -130,8 +129,10 @@ def test_recurrences_refuse_distinct_query_and_key_ids():
   rng = np.random.default_rng(4)
   ids, q, k, v, _ = _packed(rng, [3, 4])
   pair = (jnp.asarray(ids[None]), jnp.asarray(ids[None]))
-  with pytest.raises(NotImplementedError, match=r"^retention: segment_ids must be one int "
-                                                r"array \[B, T\] that queries and keys share"):
+  with pytest.raises(NotImplementedError, match=r"^retention: segment_ids needs is_causal=True "
+                                                r"and one int array \[B, T\] that queries and "
+                                                r"keys share .* got is_causal=True and a "
+                                                r"\(query, key\) pair"):
     attention_zoo.get("retention")(q, k, v, is_causal=True, segment_ids=pair)
 
 
