@@ -17,7 +17,6 @@ import sys
 import textwrap
 import zipfile
 
-import pytest
 from packaging.requirements import Requirement
 
 REPO = pathlib.Path(__file__).resolve().parent.parent

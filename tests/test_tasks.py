@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 
 from experiments import data
-from experiments.tasks import synthetic, text_pairs
+from experiments.tasks import text_pairs
 from tests import tiny
 
 def _add(symbols):

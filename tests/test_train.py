@@ -1,6 +1,5 @@
 """The experiment loop end to end: every variant, learning, resume after a kill, failures."""
 
-import json
 import os
 import signal
 
