@@ -101,9 +101,11 @@ def test_grid_names_runs_by_their_overrides():
       ("model.options.local.local_window_size", (4, 8)), ("seed", (0, 1))],
                      rows=["variant", "model.options.local.local_window_size"])
   runs = grid.expand(sweep)
+  # every cell's seed 0 first (a sweep cut short has a whole table at one seed)
   assert [r.name for r in runs][:3] == ["variant=Performer,local_window_size=4,seed=0",
-                                        "variant=Performer,local_window_size=4,seed=1",
-                                        "variant=Performer,local_window_size=8,seed=0"]
+                                        "variant=Performer,local_window_size=8,seed=0",
+                                        "variant=Local,local_window_size=4,seed=0"]
+  assert [r.name for r in runs][4] == "variant=Performer,local_window_size=4,seed=1"
   assert runs[0].config.model.options.linear.feature_map == "favor"
   assert runs[0].config.model.options.local.local_window_size == 4
   assert grid.label((4, 0)) == "4-0" and grid.label("a/b c") == "a-b-c"

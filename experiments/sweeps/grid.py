@@ -73,7 +73,8 @@ def short_names(axes) -> dict[str, str]:
 
 
 def expand(sweep) -> list[Run]:
-  """Every run of the grid, its config checked; raises ValueError naming the axis and field."""
+  """Every run of the grid, its config checked, in the grid's order but seed by seed (the
+  table's `over` axis); raises ValueError naming the axis and field."""
   axes = cases(sweep)
   short = short_names(axes)
   runs = []
@@ -94,6 +95,10 @@ def expand(sweep) -> list[Run]:
       raise ValueError(f"sweep run {labels}: {e}") from None
     name = ",".join(f"{short[axis]}={label(lab)}" for axis, lab in labels.items())
     runs.append(Run(name, labels, overrides, config))
+  over = sweep.table.over  # every cell's first seed before any cell's second, so that a
+  if over in axes:         # sweep cut short (resumed later) has a whole table at one seed
+    first = {lab: i for i, lab in enumerate(axes[over])}
+    runs.sort(key=lambda run: first[run.labels[over]])  # stable: the grid's order otherwise
   return runs
 
 
