@@ -54,11 +54,13 @@ def get_config(scale: str = "paper", x_metric: str | None = "state_size"):
   rates = (1e-4, 4.6e-4, 2.2e-3, 1e-2) if scale == "paper" else (c.optimizer.learning_rate,)
   seeds = (0,) if scale == "quick" else (0, 1, 2)
   chosen = variants()
+  if scale != "paper":  # the baselines first, chunked last, when the time runs short
+    first = ("softmax", "linear", "gla")
+    chosen = {**{k: chosen[k] for k in first}, **chosen}
+    chosen["chunked"] = chosen.pop("chunked")  # softmax blockwise (tested equal), twice the time
   if scale == "quick":
     c.num_train_steps = 3_000
-    del chosen["chunked"]  # softmax computed blockwise: the same function (tested), twice the time
-    first = ("softmax", "linear", "gla")  # the baselines first, when the hour runs short
-    chosen = {**{k: chosen[k] for k in first}, **chosen}
+    del chosen["chunked"]
   splits = [f"test_L{length}_N{pairs}_accuracy" for length, pairs in c.data.mqar_test_pairs]
   return base.sweep(
       c, axes=[("variant", chosen), ("model.d_model", widths),
