@@ -2,8 +2,9 @@
 
     python launch.py bench --config configs/bench/attention.py --workdir runs/bench
 
-Expected on the 2-core CPU: ~5 minutes (measured 270 s; JAX's own attention dominates, at
-13 s per forward+backward at T=8192). Writes table.md, results.csv/json and PNG plots to
+Expected on the 2-core CPU: ~15 minutes, 3 processes of ~5 (one measured 270 s; JAX's own
+attention dominates, at 13 s per forward+backward at T=8192); `--config.processes=1` for
+one process. Writes table.md, results.csv/json and PNG plots to
 the workdir; the README holds the measured table.
 """
 
@@ -23,4 +24,6 @@ def get_config():
   c.repeats = 5                      # timed runs after one warm-up ...
   c.seconds_per_case = 20.0          # ... fewer when they would take longer than this
   c.memory_fraction = 0.8            # a case needing more of the free memory is not run
+  c.processes = 3                    # the grid timed in this many fresh processes, one after
+  #                                    another; each case reports its best median
   return c.lock()

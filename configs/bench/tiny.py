@@ -11,4 +11,5 @@ def get_config():
   c.variants = ("chunked:query_chunk_size=16:key_chunk_size=16", "local:local_window_size=4",
                 "linear", "softmax")
   c.lengths, c.heads, c.head_dim, c.repeats = (32, 64), 2, 8, 2
+  c.processes = 1
   return c.lock()

@@ -13,12 +13,10 @@ from __future__ import annotations
 import csv
 import json
 import os
-import platform
-
-import jax
 
 from experiments import console
-from experiments.benchmark import attention, devices, packing, papers, peers, recurrences
+from experiments.benchmark import attention, devices, packing, papers, recurrences
+from experiments.benchmark.machine import describe
 
 
 def _attention(config):
@@ -39,9 +37,7 @@ def check(config) -> None:
 def run(config, workdir: str) -> str:
   check(config)
   os.makedirs(workdir, exist_ok=True)
-  machine = (f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores, "
-             f"{jax.devices()[0].device_kind}, JAX {jax.__version__}"
-             + (f", PyTorch {peers.torch_version()}" if peers.torch_available() else ""))
+  machine = describe()
   print(f"{config.kind} benchmark on {machine}", flush=True)
   rows, table = KINDS[config.kind](config)
   with open(os.path.join(workdir, "results.json"), "w", encoding="utf-8") as f:

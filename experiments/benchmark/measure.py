@@ -60,10 +60,13 @@ def measure(fn, args, *, repeats: int, seconds: float, budget_bytes: int) -> Mea
 
 
 def time_range(row: dict) -> str:
-  """A measurement's median time with its range, "1.2 (1.0-2.5)" (ms), or its status."""
+  """A measurement's median time with its range, "1.2 (1.0-2.5)" (ms), or its status; the
+  best of several processes' medians with their range (`medians_ms`)."""
   if not row["median_ms"]:
     return row["status"]
-  return f"{row['median_ms']:.1f} ({row['min_ms']:.1f}-{row['max_ms']:.1f})"
+  low, high = ((min(row["medians_ms"]), max(row["medians_ms"])) if row.get("medians_ms")
+               else (row["min_ms"], row["max_ms"]))
+  return f"{row['median_ms']:.1f} ({low:.1f}-{high:.1f})"
 
 
 def timed_runs(first_ms: float, repeats: int, seconds: float) -> int:

@@ -68,6 +68,20 @@ def time_torch(shape, dtype: str, is_causal: bool, backward: bool, *, repeats: i
                      runs=len(times))
 
 
+def torch_matmul_peak_gflops(dtype: str = "float32", size: int = 2048, repeats: int = 10) -> float:
+  """PyTorch's matmul throughput in this process, as measure.matmul_peak_gflops measures
+  JAX's: the best of `repeats` n³ products."""
+  import torch
+  a = torch.randn(size, size, dtype=getattr(torch, dtype))
+  torch.mm(a, a)
+  best = float("inf")
+  for _ in range(repeats):
+    started = time.perf_counter()
+    torch.mm(a, a)
+    best = min(best, time.perf_counter() - started)
+  return 2 * size**3 / best / 1e9
+
+
 def torch_version() -> str:
   import torch
   return torch.__version__
