@@ -124,7 +124,8 @@ def get_config() -> ml_collections.ConfigDict:
 
 def sweep(base_config, axes, rows, columns=None, over="seed", metrics=(
     "test_exact_accuracy", "test_loss"), curves=("train_loss",), x_axis=None, published=None,
-          parallel=1, best_over=None, x_metric=None, minutes=None) -> ml_collections.ConfigDict:
+          parallel=1, best_over=None, x_metric=None, minutes=None,
+          reuse=()) -> ml_collections.ConfigDict:
   """A sweep config (see experiments/sweeps): `base_config` run over the product of `axes`.
 
   The table has a row per value of the `rows` axes, a column per value of `columns` (else
@@ -134,13 +135,17 @@ def sweep(base_config, axes, rows, columns=None, over="seed", metrics=(
   `best_over`: an axis (e.g. the learning rate) of which each cell reports its best value's
   runs (by the first metric); `x_metric`: a final metric (e.g. state_size) to plot the
   metrics against, a point per cell. `minutes`: the whole sweep's measured wall time on a
-  2-core CPU, which it announces (scaled to the runs left) before it starts.
+  2-core CPU, which it announces (scaled to the runs left) before it starts. `reuse`:
+  workdirs of other sweeps whose finished runs with this sweep's configs are copied, not
+  run again.
   """
   c = ml_collections.ConfigDict()
   c.base = base_config              # the experiment every run starts from
   c.axes = tuple(axes)              # ((name, values), ...): see experiments/sweeps/grid.py
   c.parallel = parallel             # runs at a time (each a process)
   c.retry_failed = False            # re-launching retries runs recorded as failed
+  c.reuse = tuple(reuse)            # other sweeps' workdirs: their finished runs of the same
+  #                                   config are copied rather than run again
   c.minutes = minutes               # expected wall time (2-core CPU), announced at the start
   c.table = ml_collections.ConfigDict(dict(
       rows=tuple(rows), columns=columns, over=over, metrics=tuple(metrics),

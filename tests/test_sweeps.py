@@ -12,7 +12,7 @@ import attention_zoo
 from configs import base
 from configs.sweeps import default, tiny
 from experiments import children, metrics, sweeps
-from experiments.sweeps import grid, report
+from experiments.sweeps import grid, report, runner
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -91,6 +91,20 @@ def test_a_failing_run_is_recorded_and_the_others_finish(tmp_path):
   sweeps.run(sweep, workdir)  # re-launch: nothing left to do, the failure is kept
   assert time.time() - started < 10
   assert os.path.exists(os.path.join(workdir, "learning_rate=1e+38,seed=0", "failure.json"))
+
+  # Another sweep with the same configs reuses the finished run (copied, not trained: the
+  # same metrics) and not the failed one.
+  other = str(tmp_path / "other")
+  with sweep.unlocked():
+    sweep.reuse = (workdir, str(tmp_path / "absent"))
+  copied = runner.reuse(sweep, other, grid.expand(sweep))
+  first = "learning_rate=0.001,seed=0"
+  assert copied == {first: os.path.join(workdir, first)}
+  for name in ("metrics.jsonl", "config.json"):
+    assert (open(os.path.join(other, first, name)).read()
+            == open(os.path.join(workdir, first, name)).read())
+  assert not os.path.exists(os.path.join(other, "learning_rate=1e+38,seed=0"))
+  assert runner.reuse(sweep, other, grid.expand(sweep)) == {}  # begun here: left alone
 
 
 def test_grid_names_runs_by_their_overrides():

@@ -19,7 +19,10 @@ states than a key/value cache. Compare orderings, not decimals.
 
 Paper scale: configs/mqar.py (V = 8192, L up to 512), widths 64-512, windows 16-128.
 REDUCED: configs/mqar.py:reduced at widths 32 and 64, windows 8 and 32, one seed per point
-(the zoology sweep has the seeds).
+(the zoology sweep has the seeds). Every point but the windows is a seed-0 run of the
+zoology sweep (configs/paper/zoology_mqar.py) at the same scale: the finished ones are
+copied from its workdir (`runs/zoology_mqar_reduced`, as the README runs it;
+`--config.reuse=...` names another), not trained again.
 """
 
 from configs import base
@@ -41,4 +44,5 @@ def get_config(scale: str = "paper"):
   return base.sweep(
       c, axes=[("variant", variants), ("model.d_model", widths), ("seed", (0,))],
       rows=["variant"], columns="model.d_model", metrics=("test_accuracy", *splits),
-      curves=("train_loss",), x_metric="state_size")
+      curves=("train_loss",), x_metric="state_size",
+      reuse=(f"runs/zoology_mqar{'' if scale == 'paper' else '_' + scale}",))

@@ -23,8 +23,10 @@ def run(sweep, workdir: str) -> str:
     runs = grid.expand(sweep)
     grid.check_layout(sweep)
     grid.check_devices(runs)
-  print(plan(sweep, runs, workdir), flush=True)
   os.makedirs(workdir, exist_ok=True)
+  for name, source in runner.reuse(sweep, workdir, runs).items():
+    print(f"{name}: finished in {source} with the same config; copied, not run again")
+  print(plan(sweep, runs, workdir), flush=True)
   with open(os.path.join(workdir, "sweep.json"), "w", encoding="utf-8") as f:
     json.dump(dict(table=sweep.table.to_dict(),
                    runs=[dict(name=r.name, labels=r.labels, overrides=r.overrides) for r in runs],

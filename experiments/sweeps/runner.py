@@ -4,13 +4,16 @@ A run is *finished* when its metrics.jsonl holds the final evaluation, *failed* 
 workdir holds failure.json (the error and traceback), and otherwise pending: re-launching
 the sweep resumes it from its latest checkpoint. Failed runs are not retried unless
 `sweep.retry_failed`. A run whose metrics.jsonl is broken fails alone (its process says
-which line), and never stops the sweep.
+which line), and never stops the sweep. A run not begun whose config a finished run of
+another sweep has, field for field (in a workdir of `sweep.reuse`), is copied from there
+rather than trained again.
 """
 
 from __future__ import annotations
 
 import json
 import os
+import shutil
 import sys
 import time
 import traceback
@@ -65,6 +68,35 @@ def _record_failure(workdir: str, error: str, details: str = "") -> None:
   os.makedirs(workdir, exist_ok=True)  # a child can fail before it made its run directory
   with open(os.path.join(workdir, FAILURE), "w", encoding="utf-8") as f:
     json.dump({"error": error, "traceback": details}, f, indent=2)
+
+
+def reuse(sweep, workdir: str, runs: list[grid.Run]) -> dict[str, str]:
+  """Copies into `workdir` each run not begun here that a workdir of `sweep.reuse` holds
+  finished with the same config; returns {run name: where it came from}."""
+  found = {}
+  for source in sweep.get("reuse") or ():
+    if not os.path.isdir(source):
+      continue
+    for name in sorted(os.listdir(source)):
+      candidate = os.path.join(source, name)
+      try:
+        with open(os.path.join(candidate, "config.json"), encoding="utf-8") as f:
+          config = f.read()
+      except OSError:
+        continue
+      if status(candidate) == "finished":
+        found.setdefault(json.dumps(json.loads(config), sort_keys=True), candidate)
+  copied = {}
+  for run in runs:
+    run_dir = os.path.join(workdir, run.name)
+    key = json.dumps(json.loads(run.config.to_json_best_effort()), sort_keys=True)
+    if key in found and not os.path.exists(run_dir):  # one begun here resumes its own
+      partial = run_dir + ".partial"  # a kill mid-copy leaves no half-copied run
+      shutil.rmtree(partial, ignore_errors=True)
+      shutil.copytree(found[key], partial)
+      os.rename(partial, run_dir)
+      copied[run.name] = found[key]
+  return copied
 
 
 def write_results(workdir: str, runs: list[grid.Run]) -> str:
