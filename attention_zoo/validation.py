@@ -178,9 +178,10 @@ def check_segment_ids(variant: str, segment_ids, B: int, T: int, S: int):
 
 
 def restarting_segment_ids(variant: str, segment_ids, is_causal: bool):
-  """The ids a restarting state reads (int [B, T], or None) from check_segment_ids' pair:
-  one array that queries and keys share, in a causal call, for the state restarts where
-  the id changes; anything else raises, saying what was given."""
+  """The ids a restarting state reads (int [B, T], or None) from check_segment_ids' pair
+  (which returns one shared array as the same object twice): one array that queries and
+  keys share, in a causal call, because the state restarts where the id changes; anything
+  else raises, saying what was given."""
   if segment_ids is None:
     return None
   shared = segment_ids[0] is segment_ids[1]

@@ -17,7 +17,7 @@ decoder_inputs) come with `<field>_segment_ids` (1, 2, ... per example, 0 on the
 and `<field>_positions` (from 0 in each example). A packed classifier row has `labels`
 [B, S] in place of `label`: each example's class at its first position, -1 elsewhere;
 with CLS pooling that position is a slot (BOS) before the example, for the CLS vector,
-and the rows are one longer than the inputs.
+and the rows are one longer than the unpacked inputs' padded length.
 Evaluation is never packed: decoding and exact-sequence accuracy take an example per row.
 """
 
@@ -178,6 +178,9 @@ def train_dataset(task: Task, cfg, shape: str, seed: int,
   examples = (grain.MapDataset.source(task.sources["train"])[process::processes]
               .shuffle(seed=seed).repeat())
   if cfg.packing:
+    if shape == "encoder" and pooling not in ("cls", "mean"):
+      raise ValueError(f"train_dataset: packing the classifier needs its pooling ('cls' leaves "
+                       f"each example a slot for the CLS vector, 'mean' none), got {pooling!r}")
     slot = shape == "encoder" and pooling == "cls"
     packed = _pack(examples.map(lambda e: _packable(_fields(task, e, "train", shape,
                                                             cfg.truncate), slot)),

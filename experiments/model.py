@@ -264,6 +264,6 @@ def _segment_means(x, segment_ids):
   positions of the same id)."""
   B, S, _ = x.shape
   ids = example_index(segment_ids, (B, S))
-  sums = jax.ops.segment_sum(x.reshape(B * S, -1), ids, B * (S + 1))
-  counts = jax.ops.segment_sum(jnp.ones(B * S, x.dtype), ids, B * (S + 1))
-  return (sums / jnp.maximum(counts, 1)[:, None])[ids].reshape(x.shape)
+  sums = jax.ops.segment_sum(x.reshape(B * S, -1).astype(jnp.float32), ids, B * (S + 1))
+  counts = jax.ops.segment_sum(jnp.ones(B * S, jnp.float32), ids, B * (S + 1))
+  return (sums / jnp.maximum(counts, 1)[:, None])[ids].reshape(x.shape).astype(x.dtype)

@@ -63,6 +63,14 @@ def _unpack(batch, shape, pooling="cls") -> list[dict]:
   return [_classified(e, pooling == "cls") for e in examples] if shape == "encoder" else examples
 
 
+def test_packing_the_classifier_needs_its_pooling(data_dir):
+  """Without the pooling, the data cannot know whether to leave the CLS slot: it raises
+  rather than let the CLS vector overwrite each example's first token."""
+  config, task, _ = _packed(data_dir, "encoder")
+  with pytest.raises(ValueError, match="packing the classifier needs its pooling"):
+    data.train_dataset(task, config.data, "encoder", 0)
+
+
 def _classified(example, slot: bool) -> dict:
   """A packed classifier example as data.encode gives it: its label from its first
   position (scored alone), without the CLS slot (BOS) before it."""

@@ -3,7 +3,6 @@ takes them (the others refuse them: tests/test_contract.py): the recurrences res
 state at each segment, in the chunkwise form and token by token; chunked skips the blocks
 that no segment spans."""
 
-
 import jax
 import jax.numpy as jnp
 import numpy as np

@@ -45,4 +45,5 @@ def get_config(scale: str = "paper"):
       c, axes=[("variant", variants), ("model.d_model", widths), ("seed", (0,))],
       rows=["variant"], columns="model.d_model", metrics=("test_accuracy", *splits),
       curves=("train_loss",), x_metric="state_size",
-      reuse=(f"runs/zoology_mqar{'' if scale == 'paper' else '_' + scale}",))
+      reuse=("runs/zoology_mqar_reduced",) if scale == "reduced" else ())  # paper scale: the
+  #       zoology sweep's learning rates differ from this one's, so no run is the same

@@ -57,6 +57,9 @@ def run(config) -> list[dict]:
   """Every case of the grid: in this process, or the best of `config.processes` fresh ones."""
   if config.processes <= 1:
     return _run_here(config)
+  if jax.default_backend() != "cpu":  # this process holds the accelerator already
+    raise ValueError(f"config.processes={config.processes}: fresh processes time the CPU; on "
+                     f"{jax.default_backend()} set --config.processes=1")
   return best_of([_run_in_fresh_process(config, i) for i in range(config.processes)])
 
 
@@ -66,13 +69,13 @@ def _run_in_fresh_process(config, index: int) -> list[dict]:
     given, out = os.path.join(scratch, "config.json"), os.path.join(scratch, "rows.json")
     with open(given, "w", encoding="utf-8") as f:
       f.write(config.to_json())
+    oom_kills = children.oom_kills()
     child = children.wait(children.start(f"""
         import json, ml_collections
         from experiments.benchmark import attention
         config = ml_collections.ConfigDict(json.load(open({given!r})))
-        config.processes = 1
-        json.dump(attention.run(config), open({out!r}, "w"))
-        """, stdout=None, stderr=None))  # its progress lines go straight to the terminal
+        json.dump(attention._run_here(config), open({out!r}, "w"))
+        """, stdout=None, stderr=None), oom_before=oom_kills)  # progress: to the terminal
     if child.reason:
       raise RuntimeError(f"attention benchmark, process {index + 1} of {config.processes}: "
                          f"{child.reason}")
@@ -91,7 +94,7 @@ def best_of(runs: list[list[dict]]) -> list[dict]:
   torch_peak = max((r.get("torch_matmul_peak_gflops") or 0 for rows in runs for r in rows),
                    default=0) or None
   best = {}
-  for rows in zip(*runs):
+  for rows in zip(*runs, strict=True):
     if len({case(r) for r in rows}) != 1:
       raise RuntimeError(f"attention benchmark: processes timed different cases: {rows}")
     ok = timed(rows)

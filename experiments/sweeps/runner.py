@@ -71,21 +71,24 @@ def _record_failure(workdir: str, error: str, details: str = "") -> None:
 
 
 def reuse(sweep, workdir: str, runs: list[grid.Run]) -> dict[str, str]:
-  """Copies into `workdir` each run not begun here that a workdir of `sweep.reuse` holds
-  finished with the same config; returns {run name: where it came from}."""
+  """Copies into `workdir` each run not begun here that a workdir of `sweep.reuse` (paths
+  relative to the current directory, as --workdir is) holds finished with the same config;
+  returns {run name: where it came from}."""
   found = {}
   for source in sweep.get("reuse") or ():
     if not os.path.isdir(source):
+      print(f"sweep.reuse: {os.path.abspath(source)} does not exist (yet): nothing reused "
+            f"from it")
       continue
     for name in sorted(os.listdir(source)):
       candidate = os.path.join(source, name)
       try:
         with open(os.path.join(candidate, "config.json"), encoding="utf-8") as f:
-          config = f.read()
-      except OSError:
+          config = json.dumps(json.load(f), sort_keys=True)
+      except (OSError, ValueError):  # not a run, or a broken one: not reused
         continue
       if status(candidate) == "finished":
-        found.setdefault(json.dumps(json.loads(config), sort_keys=True), candidate)
+        found.setdefault(config, candidate)
   copied = {}
   for run in runs:
     run_dir = os.path.join(workdir, run.name)
