@@ -142,14 +142,16 @@ def test_bad_sweeps_fail_before_running(axes, rows, message, tmp_path):
   assert not os.listdir(tmp_path)
 
 
-def _fake_sweep(workdir, finals, curves=None):
-  """A finished sweep on disk: {(variant, length, seed): test_exact_accuracy}."""
+def _fake_sweep(workdir, finals, curves=None, x_metric=None):
+  """A finished sweep on disk: {(variant, length, seed): test_exact_accuracy} (and, given
+  `x_metric`, that final metric, the length times 10, to plot against)."""
   runs = []
   for (variant, length, seed), value in finals.items():
     name = f"attention={variant},max_length={length},seed={seed}"
     os.makedirs(os.path.join(workdir, name))
     records = [{"step": s, "train_loss": l} for s, l in (curves or {}).get(seed, [])]
-    records.append({"step": 10, "final": True, "test_exact_accuracy": value})
+    records.append({"step": 10, "final": True, "test_exact_accuracy": value,
+                    **({x_metric: 10.0 * length} if x_metric else {})})
     with open(os.path.join(workdir, name, "metrics.jsonl"), "w") as f:
       f.writelines(json.dumps(r) + "\n" for r in records)
     runs.append(dict(name=name, labels={"model.attention": variant, "data.max_length": str(length),
@@ -157,7 +159,7 @@ def _fake_sweep(workdir, finals, curves=None):
   table = dict(rows=["model.attention"], columns="data.max_length", over="seed",
                metrics=["test_exact_accuracy"], curves=["train_loss"], x_axis="data.max_length",
                published=dict(source="A et al.", metric="test_exact_accuracy", scale=100,
-                              values={"softmax": 50.0}))
+                              values={"softmax": 50.0}), x_metric=x_metric)
   with open(os.path.join(workdir, "sweep.json"), "w") as f:
     json.dump(dict(table=table, runs=runs), f)
 
@@ -185,6 +187,18 @@ def test_table_marks_missing_and_failed_runs(tmp_path):
   os.remove(tmp_path / "attention=softmax,max_length=8,seed=1" / "metrics.jsonl")
   (tmp_path / "attention=softmax,max_length=8,seed=1" / "failure.json").write_text("{}")
   assert "| softmax | 0.5000 (1 of 2; 1 failed) |" in report.write(str(tmp_path))
+
+
+def test_a_sweep_cut_short_has_its_table_and_plots(tmp_path):
+  """A cell with no finished run yet (its run pending) is marked missing, and the plots
+  against a final metric (state size) leave it out rather than fail."""
+  _fake_sweep(str(tmp_path), {("softmax", 8, 0): 0.5, ("softmax", 16, 0): 0.7,
+                              ("linear", 8, 0): 0.1, ("linear", 16, 0): 0.2},
+              x_metric="state_size")
+  os.remove(tmp_path / "attention=linear,max_length=16,seed=0" / "metrics.jsonl")
+  text = report.write(str(tmp_path))
+  assert "| linear | 0.1000 | pending |" in text
+  assert (tmp_path / "test_exact_accuracy_vs_state_size.png").stat().st_size > 0
 
 
 def test_the_default_job_is_a_sweep_of_every_variant_with_the_readmes_table(tmp_path):

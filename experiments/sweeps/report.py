@@ -203,8 +203,9 @@ def plot_against_axis(path: str, table: dict, runs: list[dict], metric: str,
   x = lambda column, group: (summary(group, x_metric)["mean"] if x_metric else float(column))
   fig, ax = plt.subplots(figsize=(5.5, 3.8))
   for row in dict.fromkeys(row for row, _ in groups):
-    points = sorted((x(c, g), summary(g, metric)) for (r, c), g in groups.items() if r == row)
-    points = [(x, s) for x, s in points if s["mean"] is not None and x is not None]
+    points = [(x(c, g), summary(g, metric)) for (r, c), g in groups.items() if r == row]
+    points = sorted(((x, s) for x, s in points if s["mean"] is not None and x is not None),
+                    key=lambda point: point[0])  # cells not run yet have neither
     if points:
       xs = [x for x, _ in points]
       ax.errorbar(xs, [s["mean"] for _, s in points], yerr=[s["std"] for _, s in points],
