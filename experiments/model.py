@@ -216,12 +216,11 @@ class Transformer(nnx.Module):
     docstring)."""
     prefix = None if self.cls is None else self.cls[...]
     memory = self.encode(inputs, input_lengths, rngs, prefix=prefix, segments=segments)
-    if prefix is not None:
-      return self.head(memory if segments is not None else memory[:, 0])
-    if segments is None:
-      real = (jnp.arange(inputs.shape[1]) < input_lengths[:, None])[..., None]
-      return self.head(jnp.sum(memory * real, 1) / jnp.maximum(input_lengths, 1)[:, None])
-    return self.head(_segment_means(memory, segments[0]))
+    if prefix is None:  # mean pooling; an unpacked row is one example (id 1), then padding
+      ids = segments[0] if segments is not None else (
+          jnp.arange(inputs.shape[1]) < input_lengths[:, None]).astype(jnp.int32)
+      memory = _segment_means(memory, ids)
+    return self.head(memory if segments is not None else memory[:, 0])
 
   def state_size(self, max_length: int) -> int:
     """Floats of the decoding state (caches) of all self-attention layers for one sequence of

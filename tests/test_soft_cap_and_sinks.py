@@ -31,9 +31,9 @@ def test_against_the_formula(name, is_causal, cap, with_sinks):
   q = jnp.asarray(3 * rng.normal(size=(B, T, N, H)), jnp.float32)  # logits past the cap
   k, v = (jnp.asarray(rng.normal(size=(B, S, K, H)), jnp.float32) for _ in range(2))
   bias = jnp.asarray(rng.normal(size=(1, N, T, S)), jnp.float32)
-  if "bias" in registry.entry(name).refuses:
-    bias = jnp.zeros_like(bias)  # the formula's; the variant gets none (below)
   biased = "bias" not in registry.entry(name).refuses
+  if not biased:
+    bias = jnp.zeros_like(bias)  # the formula's; the variant gets none (below)
   sinks = jnp.asarray(rng.normal(size=(N,)), jnp.float32) if with_sinks else None
   lengths = jnp.array([S, 4], jnp.int32)
   window = OPTIONS.get(name, {}).get("local_window_size")

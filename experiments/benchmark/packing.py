@@ -1,10 +1,11 @@
 """Training throughput with packed rows (config.data.packing) against padded ones.
 
 For each shape, config.experiment's model trains on its task (one whose lengths vary;
-config.classifier_experiment's for the classifier) twice, on padded rows and on packed ones, each after five untimed steps (the first
-compiles). A step's time includes drawing its batch from the input pipeline (packing is
-done there, in Python). The two alternate in `rounds` of steps, so that other work on the
-machine slows both alike and their ratio holds even when the absolute rates do not.
+config.classifier_experiment's for the classifier) twice, on padded rows and on packed
+ones, each after five untimed steps (the first compiles). A step's time includes drawing
+its batch from the input pipeline (packing is done there, in Python). The two alternate
+in `rounds` of steps, so that other work on the machine slows both alike and their ratio
+holds even when the absolute rates do not.
 Useful target tokens are the scored positions (targets and EOS; a classifier's one class
 per example; padding never counts), the rate packing should raise; `vs padded` is the
 packed rate over the padded one.
