@@ -28,6 +28,8 @@ NAME = "chunked"
 # 512 x 256 blocks match 512 x 512 forward (119 ms, ~2/3 of the matmul peak) and are the
 # fastest forward+backward (660 ms; causal 358 ms); 1024-row and 256 x 256 blocks are
 # 10-60% slower. A 512 x 256 float32 logit block per head (512 KiB) stays in L2 cache.
+# The same on an AMD EPYC of half that matmul peak (Zen 4): 512 x 256 fastest, forward and
+# forward+backward (`configs/bench/blocks.py` checks a new CPU).
 DEFAULT_QUERY_CHUNK_SIZE = 512
 DEFAULT_KEY_CHUNK_SIZE = 256
 

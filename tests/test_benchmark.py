@@ -1,9 +1,13 @@
 """The benchmark and paper-table commands end to end on tiny sizes (no timing asserted)."""
 
+import glob
+import importlib
 import json
 import os
 
 import pytest
+
+import attention_zoo
 
 from configs.bench import tiny
 from configs.paper import lra_efficiency, rabe_staats
@@ -59,6 +63,30 @@ def test_best_of_takes_each_case_from_its_fastest_process():
   assert [(r["variant"], r["median_ms"], r["medians_ms"]) for r in best] == [
       ("jax", 2.0, [4.0, 2.0]), ("chunked", 1.0, [1.0, 3.0])]
   assert best[1]["speedup_vs_jax"] == 2.0 and best[1]["peak_fraction"] == 1.0 / 20.0
+
+
+def test_the_processor_is_named_with_its_family_model_and_vector_extension(tmp_path):
+  """Two CPUs that a virtual machine both calls "AMD EPYC" differ 2x in matmul peak."""
+  core = ("processor\t: {n}\nvendor_id\t: AuthenticAMD\ncpu family\t: 25\nmodel\t\t: 17\n"
+          "model name\t: AMD EPYC\nflags\t\t: fpu sse avx avx2 {extra}\n")
+  cpuinfo = tmp_path / "cpuinfo"
+  cpuinfo.write_text(core.format(n=0, extra="avx512f") + "\n" + core.format(n=1, extra="avx512f"))
+  assert machine.processor(str(cpuinfo)) == "AMD EPYC (family 25 model 17, AVX-512)"
+  cpuinfo.write_text(core.format(n=0, extra="avx512f amx_tile"))
+  assert machine.processor(str(cpuinfo)).endswith(", AMX)")
+  cpuinfo.write_text("processor\t: 0\nmodel name\t: Some CPU\n")
+  assert machine.processor(str(cpuinfo)) == "Some CPU"
+
+
+def test_every_attention_benchmark_config_names_variants_that_exist():
+  """A misspelt variant or option would fail only in the benchmark's child processes."""
+  configs = [importlib.import_module(f"configs.bench.{os.path.basename(p)[:-3]}").get_config()
+             for p in glob.glob(os.path.join(os.path.dirname(tiny.__file__), "*.py"))]
+  specs = [spec for c in configs if c.get("kind") == "attention" for spec in c.variants]
+  assert "chunked:query_chunk_size=1024:key_chunk_size=512" in specs  # configs/bench/blocks.py
+  for spec in specs:
+    name, options = attention.parse_variant(spec)
+    attention_zoo.get(name, **options)
 
 
 def test_lengths_that_do_not_fit_are_reported_not_run(tmp_path):
