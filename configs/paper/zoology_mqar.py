@@ -25,7 +25,8 @@ without chunked (softmax computed blockwise, the same function): 8 runs, a first
 in about an hour on 2 cores, far short of the steps softmax needs to reach 0.99.
 
 REDUCED: configs/mqar.py:reduced (V = 256, training (64, 4) and (128, 8), tests (64, 4),
-(128, 8) and (128, 16)) at widths 32 and 64, one learning rate, every registered variant
+(128, 8) and (128, 16)) at widths 32 and 64, one learning rate (3e-3, the best of 1e-3,
+3e-3 and 1e-2 for softmax at 3,000 steps: configs/mqar.py), every registered variant
 that decodes (ring excluded: on one device it is softmax) and Performer. What was cut: the
 vocabulary (256 for 8192), the lengths (at most 128), the widths, the learning-rate sweep,
 and the steps. Measured wall time and results: see the README.
