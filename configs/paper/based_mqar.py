@@ -22,7 +22,8 @@ REDUCED: configs/mqar.py:reduced at widths 32 and 64, windows 8 and 32, one seed
 (the zoology sweep has the seeds). Every point but the windows is a seed-0 run of the
 zoology sweep (configs/paper/zoology_mqar.py) at the same scale: the finished ones are
 copied from its workdir (`runs/zoology_mqar_reduced`, as the README runs it;
-`--config.reuse=...` names another), not trained again.
+`--config.reuse=...` names another), not trained again; the zoology sweep copies back
+from this workdir the ones trained here first.
 """
 
 from configs import base

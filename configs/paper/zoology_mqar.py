@@ -69,4 +69,7 @@ def get_config(scale: str = "paper", x_metric: str | None = "state_size"):
                ("optimizer.learning_rate", rates), ("seed", seeds)],
       rows=["variant"], columns="model.d_model", best_over="optimizer.learning_rate",
       metrics=("test_accuracy", *splits), curves=("train_loss", "validation_accuracy"),
-      x_axis="model.d_model", x_metric=x_metric)
+      x_axis="model.d_model", x_metric=x_metric,
+      # seed 0 of REDUCED is also Based's grid (configs/paper/based_mqar.py): whichever
+      # sweep trains one of those runs first, the other copies it
+      reuse=("runs/based_mqar_reduced",) if scale == "reduced" else ())
