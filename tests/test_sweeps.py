@@ -11,7 +11,7 @@ import pytest
 import attention_zoo
 from configs import base
 from configs.sweeps import default, tiny
-from experiments import children, metrics, sweeps
+from experiments import children, console, metrics, sweeps
 from experiments.sweeps import grid, report, runner
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -105,6 +105,29 @@ def test_a_failing_run_is_recorded_and_the_others_finish(tmp_path):
             == open(os.path.join(workdir, first, name)).read())
   assert not os.path.exists(os.path.join(other, "learning_rate=1e+38,seed=0"))
   assert runner.reuse(sweep, other, grid.expand(sweep)) == {}  # begun here: left alone
+
+
+def test_runs_begun_under_another_config_stop_the_sweep_before_anything_runs(tmp_path):
+  """Editing a sweep's config and re-launching it in the same workdir would otherwise keep
+  (or resume) the old runs under the new config's name."""
+  sweep = _tiny_sweep(tmp_path / "tfds", axes=[("seed", (0, 1))])
+  runs = grid.expand(sweep)
+  workdir = tmp_path / "sweep"
+  for run in runs:
+    os.makedirs(workdir / run.name)
+    (workdir / run.name / "config.json").write_text(run.config.to_json_best_effort())
+  runner.check_begun_runs(str(workdir), runs)  # the same configs: resumed as they are
+  added = json.loads(runs[0].config.to_json_best_effort())
+  added["data"]["field_added_since"] = 1  # the code's evolution, not an edit: not compared
+  (workdir / runs[0].name / "config.json").write_text(json.dumps(added))
+  runner.check_begun_runs(str(workdir), runs)
+  with sweep.unlocked():
+    sweep.base.model.d_model, sweep.base.optimizer.learning_rate = 48, 0.5
+  with pytest.raises(console.ConfigError, match=(
+      r"2 run\(s\) of this sweep were begun in .* with another config; .*seed=0 \("
+      r"model.d_model: 32 there, 48 now; optimizer.learning_rate: .* there, 0.5 now\)")):
+    sweeps.run(sweep, str(workdir))
+  assert sorted(os.listdir(workdir)) == ["seed=0", "seed=1"]  # nothing ran, nothing written
 
 
 def test_grid_names_runs_by_their_overrides():

@@ -37,10 +37,13 @@ def get_config(scale: str = "paper"):
   c = mqar.get_config(scale)
   widths = (64, 128, 256, 512) if scale == "paper" else (32, 64)
   windows = (16, 32, 64, 128) if scale == "paper" else (8, 32)
-  variants = {k: v for k, v in zoology_mqar.variants().items() if k != "local"}
+  features = 256 if scale == "paper" else zoology_mqar.REDUCED_FAVOR_FEATURES
+  variants = {k: v for k, v in zoology_mqar.variants(features).items() if k != "local"}
   for w in windows:
     variants[f"local (window {w})"] = {**base.attention_fields("local"),
                                        "model.options.local.local_window_size": w}
+  if scale == "reduced":  # softmax blockwise (tested equal to it): last, when time runs short
+    variants["chunked"] = variants.pop("chunked")
   splits = [f"test_L{length}_N{pairs}_accuracy" for length, pairs in c.data.mqar_test_pairs]
   return base.sweep(
       c, axes=[("variant", variants), ("model.d_model", widths), ("seed", (0,))],

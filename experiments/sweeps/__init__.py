@@ -23,6 +23,7 @@ def run(sweep, workdir: str) -> str:
     runs = grid.expand(sweep)
     grid.check_layout(sweep)
     grid.check_devices(runs)
+    runner.check_begun_runs(workdir, runs)  # the sweep edited since they began
   os.makedirs(workdir, exist_ok=True)
   for name, source in runner.reuse(sweep, workdir, runs).items():
     print(f"{name}: finished in {source} with the same config; copied, not run again")

@@ -6,7 +6,8 @@ the sweep resumes it from its latest checkpoint. Failed runs are not retried unl
 `sweep.retry_failed`. A run whose metrics.jsonl is broken fails alone (its process says
 which line), and never stops the sweep. A run not begun whose config a finished run of
 another sweep has, field for field (in a workdir of `sweep.reuse`), is copied from there
-rather than trained again.
+rather than trained again. A run begun under another config than the sweep's (the sweep
+was edited since) stops the sweep before anything runs.
 """
 
 from __future__ import annotations
@@ -70,6 +71,45 @@ def _record_failure(workdir: str, error: str, details: str = "") -> None:
     json.dump({"error": error, "traceback": details}, f, indent=2)
 
 
+def _config_json(config) -> dict:
+  return json.loads(config.to_json_best_effort())
+
+
+def _fields(tree: dict, prefix: str = "") -> dict:
+  """{'model.d_model': 64, ...}: a config's leaves by their dotted names."""
+  out = {}
+  for key, value in tree.items():
+    out.update(_fields(value, f"{prefix}{key}.") if isinstance(value, dict)
+               else {prefix + key: value})
+  return out
+
+
+def check_begun_runs(workdir: str, runs: list[grid.Run]) -> None:
+  """Refuses, before anything runs, runs begun in `workdir` under another config (the sweep's
+  config was changed since): keeping or resuming them would mix two experiments under one
+  name. Names each such run and the fields that differ. Fields that only one side has are
+  the code's evolution (a field added since, with its default), not an edit: not compared."""
+  problems = []
+  for run in runs:
+    try:
+      with open(os.path.join(workdir, run.name, "config.json"), encoding="utf-8") as f:
+        begun = _fields(json.load(f))
+    except (OSError, ValueError):
+      continue  # not begun: a run writes its config.json before anything else
+    now = _fields(_config_json(run.config))
+    differ = sorted(k for k in begun.keys() & now.keys() if begun[k] != now[k])
+    if differ:
+      shown = "; ".join(f"{k}: {begun[k]!r} there, {now[k]!r} now" for k in differ[:3])
+      problems.append(f"{os.path.join(workdir, run.name)} ({shown}"
+                      f"{f'; {len(differ) - 3} more' if len(differ) > 3 else ''})")
+  if problems:
+    raise ValueError(
+        f"{len(problems)} run(s) of this sweep were begun in {workdir} with another config; "
+        f"keeping or resuming them would mix two experiments under one name: "
+        f"{'. '.join(problems)}. Remove those run directories to run them again, or give the "
+        f"sweep another --workdir")
+
+
 def reuse(sweep, workdir: str, runs: list[grid.Run]) -> dict[str, str]:
   """Copies into `workdir` each run not begun here that a workdir of `sweep.reuse` (paths
   relative to the current directory, as --workdir is) holds finished with the same config;
@@ -92,7 +132,7 @@ def reuse(sweep, workdir: str, runs: list[grid.Run]) -> dict[str, str]:
   copied = {}
   for run in runs:
     run_dir = os.path.join(workdir, run.name)
-    key = json.dumps(json.loads(run.config.to_json_best_effort()), sort_keys=True)
+    key = json.dumps(_config_json(run.config), sort_keys=True)
     if key in found and not os.path.exists(run_dir):  # one begun here resumes its own
       partial = run_dir + ".partial"  # a kill mid-copy leaves no half-copied run
       shutil.rmtree(partial, ignore_errors=True)
