@@ -37,8 +37,8 @@ def get_config(scale: str = "paper"):
   c = mqar.get_config(scale)
   widths = (64, 128, 256, 512) if scale == "paper" else (32, 64)
   windows = (16, 32, 64, 128) if scale == "paper" else (8, 32)
-  features = 256 if scale == "paper" else zoology_mqar.REDUCED_FAVOR_FEATURES
-  variants = {k: v for k, v in zoology_mqar.variants(features).items() if k != "local"}
+  variants = {k: v for k, v in zoology_mqar.variants(zoology_mqar.favor_features(scale)).items()
+              if k != "local"}
   for w in windows:
     variants[f"local (window {w})"] = {**base.attention_fields("local"),
                                        "model.options.local.local_window_size": w}

@@ -29,7 +29,8 @@ REDUCED: configs/mqar.py:reduced (V = 256, training (64, 4) and (128, 8), tests 
 3e-3 and 1e-2 for softmax at 3,000 steps: configs/mqar.py), every registered variant
 that decodes (ring excluded: on one device it is softmax) and Performer. What was cut: the
 vocabulary (256 for 8192), the lengths (at most 128), the widths, the learning-rate sweep,
-the steps, and FAVOR+'s features (64 for 256, see REDUCED_FAVOR_FEATURES). Measured wall time and results: see the README.
+the steps, and FAVOR+'s features (64 for 256, see `favor_features`). Measured wall time
+and results: see the README.
 """
 
 import attention_zoo
@@ -37,21 +38,24 @@ from configs import base
 from configs import mqar
 
 
-def variants(favor_features: int = 256) -> dict:
+def variants(favor_features: int | None = None) -> dict:
   """Every registered variant that decodes, except ring (softmax on one device), and
-  Performer (linear with `favor_features` FAVOR+ features)."""
+  Performer (linear with FAVOR+ features: `favor_features` of them, else linear's default)."""
   out = {name: base.attention_fields(name)
          for name in attention_zoo.registry.names(decodes=True, splits_sequences=False)}
   out["linear (favor)"] = {**base.attention_fields("linear"),
-                           "model.options.linear.feature_map": "favor",
-                           "model.options.linear.num_features": favor_features}
+                           "model.options.linear.feature_map": "favor"}
+  if favor_features is not None:
+    out["linear (favor)"]["model.options.linear.num_features"] = favor_features
   return out
 
 
-# REDUCED's heads are 16 and 32 wide: 64 features, not 256. Exact causal FAVOR+ costs time
-# linear in the features (linear.py halves each chunk down to single rows), and a 256-feature
-# run took 35 minutes, 5x any other variant's; 64 is 3.2x faster in the attention.
-REDUCED_FAVOR_FEATURES = 64
+def favor_features(scale: str) -> int | None:
+  """REDUCED's heads are 16 and 32 wide: 64 features, not linear's default 256. Exact causal
+  FAVOR+ costs time linear in the features (linear.py halves each chunk down to single rows),
+  and a 256-feature run took 35 minutes, 5x any other variant's; 64 is 3.2x faster in the
+  attention. Shared with configs/paper/based_mqar.py, whose seed-0 runs are these."""
+  return 64 if scale == "reduced" else None
 
 
 def get_config(scale: str = "paper", x_metric: str | None = "state_size"):
@@ -61,7 +65,7 @@ def get_config(scale: str = "paper", x_metric: str | None = "state_size"):
   widths = {"paper": (64, 128, 256, 512), "reduced": (32, 64), "quick": (64,)}[scale]
   rates = (1e-4, 4.6e-4, 2.2e-3, 1e-2) if scale == "paper" else (c.optimizer.learning_rate,)
   seeds = (0,) if scale == "quick" else (0, 1, 2)
-  chosen = variants(REDUCED_FAVOR_FEATURES if scale == "reduced" else 256)
+  chosen = variants(favor_features(scale))
   if scale != "paper":  # the baselines first, chunked last, when the time runs short
     first = ("softmax", "linear", "gla")
     chunked = chosen.pop("chunked")  # softmax blockwise (tested equal), twice the time
