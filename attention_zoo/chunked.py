@@ -34,8 +34,15 @@ DEFAULT_QUERY_CHUNK_SIZE = 512
 DEFAULT_KEY_CHUNK_SIZE = 256
 
 
+def check_options(query_chunk_size=DEFAULT_QUERY_CHUNK_SIZE,
+                  key_chunk_size=DEFAULT_KEY_CHUNK_SIZE, implementation=None):
+  validation.check_positive(NAME, query_chunk_size=query_chunk_size,
+                            key_chunk_size=key_chunk_size)
+  implementations.check(NAME, implementation)
+
+
 @validation.call_forms(NAME)
-@implementations.dispatching(NAME)
+@implementations.dispatching(NAME, check_options)
 def chunked_attention(query, key, value, bias=None, mask=None, *, scale=None, is_causal=False,
                       query_seq_lengths=None, key_value_seq_lengths=None,
                       local_window_size=None, segment_ids=None, logit_soft_cap=None,
@@ -68,13 +75,6 @@ def chunked_attention(query, key, value, bias=None, mask=None, *, scale=None, is
                            logit_soft_cap=logit_soft_cap, sinks=sinks, score_mod=score_mod,
                            mask_mod=mask_mod, return_residual=return_residual,
                            query_chunk_size=query_chunk_size, key_chunk_size=key_chunk_size)
-
-
-def check_options(query_chunk_size=DEFAULT_QUERY_CHUNK_SIZE,
-                  key_chunk_size=DEFAULT_KEY_CHUNK_SIZE, implementation=None):
-  validation.check_positive(NAME, query_chunk_size=query_chunk_size,
-                            key_chunk_size=key_chunk_size)
-  implementations.check(NAME, implementation)
 
 
 def blocked_attention(variant, query, key, value, bias, mask, *, scale, is_causal,

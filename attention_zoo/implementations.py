@@ -15,6 +15,7 @@ drops a mask, bias, window, length or any other argument.
 from __future__ import annotations
 
 import functools
+import inspect
 
 import jax
 import jax.numpy as jnp
@@ -83,13 +84,20 @@ def choose(variant: str, implementation, dims, dtype, call: dict) -> tuple[str, 
   return "xla", "; ".join(skipped)
 
 
-def dispatching(variant: str):
+def dispatching(variant: str, check_options=None):
   """Decorator of a variant function with an `implementation` parameter: runs the call on
-  the implementation `choose` picks; the function itself is the xla one."""
+  the implementation `choose` picks; the function itself is the xla one. `check_options`,
+  the variant's own check of its options, runs first, whichever implementation then runs:
+  options only the xla code uses (chunked's chunk sizes; cudnn and pallas choose their own
+  blocks) are still refused when invalid, never ignored because another kernel ran."""
+  checked = tuple(inspect.signature(check_options).parameters) if check_options else ()
+
   def decorate(fn):
     @functools.wraps(fn)
     def wrapper(query, key, value, bias=None, mask=None, *, scale=None, is_causal=False,
                 implementation=None, **call):
+      if check_options is not None:
+        check_options(**{name: call[name] for name in checked if name in call})
       dims = validation.check_inputs(variant, query, key, value, bias, mask)
       chosen, _ = choose(variant, implementation, dims, query.dtype,
                          dict(call, bias=bias, mask=mask))

@@ -5,6 +5,7 @@ import importlib
 import json
 import os
 
+import jax.numpy as jnp
 import pytest
 
 import attention_zoo
@@ -12,7 +13,7 @@ import attention_zoo
 from configs.bench import tiny
 from configs.paper import lra_efficiency, rabe_staats
 from experiments import benchmark, children
-from experiments.benchmark import attention, machine
+from experiments.benchmark import attention, machine, measure
 
 
 def _rows(workdir):
@@ -97,6 +98,30 @@ def test_lengths_that_do_not_fit_are_reported_not_run(tmp_path):
   rows = _rows(tmp_path)
   assert rows and all(r["status"].startswith("does not fit") and r["median_ms"] is None
                       for r in rows)
+
+
+def test_a_case_out_of_memory_when_run_is_reported_as_not_fitting(monkeypatch):
+  """The H200 ran out of memory on cases XLA's analysis said would fit (JAX's attention at
+  T = 32768): that is "does not fit", not an unexplained failure."""
+  def exhausted(compiled, args):
+    raise RuntimeError("RESOURCE_EXHAUSTED: Out of memory while trying to allocate 64.02GiB")
+  monkeypatch.setattr(measure, "_time_once", exhausted)
+  found = measure.measure(lambda x: x * 2, (jnp.ones(4),), repeats=1, seconds=1.0,
+                          budget_bytes=2**30)
+  assert found.status == "does not fit (out of memory when run)" and found.median_ms is None
+
+
+def test_the_kernel_benchmarks_need_no_data_stack():
+  """The GPU check runs them on a machine with JAX and ml_collections alone."""
+  child = children.run("""
+      import sys
+      from experiments import benchmark
+      from experiments.benchmark import attention, recurrences
+      from configs.bench import gated, gpu
+      loaded = {"tensorflow_datasets", "grain", "orbax", "flax", "optax"} & set(sys.modules)
+      assert not loaded, loaded
+      """)
+  assert child.returncode == 0, child.stderr
 
 
 def test_rabe_staats_table(tmp_path):

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 import attention_zoo
-from attention_zoo import implementations
+from attention_zoo import implementations, registry
 from tests import oracle
 
 NAMES = [n for n in attention_zoo.names() if "implementation" in attention_zoo.options(n)]
@@ -74,6 +74,15 @@ def test_pallas_refuses_what_its_kernel_cannot_honour(argument):
   with pytest.raises(NotImplementedError, match=f"^chunked attention with implementation="
                                                 f"'pallas' does not support: {argument}"):
     attention_zoo.get("chunked", implementation="pallas")(q, k, v, **{argument: REFUSED[argument]})
+
+
+@pytest.mark.parametrize("option", ["query_chunk_size", "key_chunk_size"])
+def test_an_invalid_chunk_size_is_refused_whichever_kernel_runs(option):
+  """Chunk sizes tune the xla code only; a bad one is refused before another kernel runs
+  (found on a GPU, where cuDNN ran and a chunk size of 0 passed unnoticed)."""
+  q, k, v = _arrays(1, 8, 8, 2, 1, 8)
+  with pytest.raises(ValueError, match=f"^chunked: {option} must be a positive int"):
+    registry.VARIANTS["chunked"].fn(q, k, v, implementation="pallas", **{option: 0})
 
 
 @pytest.mark.skipif(jax.default_backend() == "gpu", reason="the CPU's refusal")

@@ -11,7 +11,11 @@ at least 10x faster than its scan recurrence and 3x faster than causal chunked.
 import ml_collections
 
 
-def get_config():
+def get_config(platform: str = "cpu"):
+  """`configs/bench/gated.py:gpu`: the GPU check's form (bfloat16, where causal `chunked` is
+  cuDNN's kernel; T = 8K, the target's; no scan recurrences, which answer the CPU's question)."""
+  if platform not in ("cpu", "gpu"):
+    raise ValueError(f"configs/bench/gated.py:{platform}: choose cpu or gpu")
   c = ml_collections.ConfigDict()
   c.kind = "recurrence"
   c.variants = ("retention", "gla", "deltanet", "gated_deltanet")  # chunkwise, defaults
@@ -24,4 +28,6 @@ def get_config():
   c.repeats = 3                      # timed runs after one warm-up ...
   c.seconds_per_case = 10.0          # ... fewer when they would take longer than this
   c.memory_fraction = 0.8            # a case needing more of the free memory is not run
+  if platform == "gpu":
+    c.scan, c.lengths, c.dtype, c.batch, c.repeats = False, (8192,), "bfloat16", 4, 10
   return c.lock()

@@ -63,6 +63,11 @@ def run(config) -> list[dict]:
   return best_of([_run_in_fresh_process(config, i) for i in range(config.processes)])
 
 
+def run_with_table(config) -> tuple[list[dict], str]:
+  rows = run(config)
+  return rows, summary_table(rows)
+
+
 def _run_in_fresh_process(config, index: int) -> list[dict]:
   print(f"process {index + 1} of {config.processes}", flush=True)
   with tempfile.TemporaryDirectory() as scratch:
