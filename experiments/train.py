@@ -108,13 +108,22 @@ def train_and_evaluate(config, workdir: str) -> dict:
   """Trains (resuming from workdir if it holds a checkpoint) and returns the final metrics.
 
   Data-parallel over every device of every process (config.mesh, experiments/parallel.py).
-  A finished run returns its final metrics unchanged, unless `config.reevaluate`.
+  A finished run returns its final metrics unchanged, unless `config.reevaluate`. A workdir
+  holding a run begun under another config is refused (rundir.config_changes: the mesh,
+  num_train_steps, evaluation settings and the like may change on a re-launch).
   """
   with console.config_mistakes():  # before any data is built; launch.py prints them plainly
     checks.check_config(config)
     mesh = parallel.make_mesh(config.mesh)
     parallel.check_batches(mesh.shape, config)
     footprint.check_fits(config, dict(mesh.shape))
+    changed = rundir.config_changes(workdir, config)
+    if changed:
+      raise ValueError(
+          f"{workdir} holds a run begun with another config ({'; '.join(changed[:3])}"
+          f"{f'; {len(changed) - 3} more' if len(changed) > 3 else ''}): resuming it would mix "
+          f"two experiments under one name. Give another --workdir, or remove {workdir} to "
+          f"start again")
   os.makedirs(workdir, exist_ok=True)
   with rundir.hold(workdir, jax.process_index()), jax.set_mesh(mesh):  # mesh: for ring
     return _train_and_evaluate(config, workdir, mesh)

@@ -2,6 +2,8 @@
 # checkout editable); experiments/, configs/ and tests/ are imported from the repository root,
 # the working directory of `python -m pytest`.
 
+import os
+
 import jax
 
 import attention_zoo
@@ -13,6 +15,19 @@ import pytest
 # where "highest" is what float32 matmuls already are.
 if jax.default_backend() != "cpu":
   jax.config.update("jax_default_matmul_precision", "highest")
+
+
+@pytest.fixture(autouse=True, scope="session")
+def _one_compilation_cache_for_child_processes(tmp_path_factory):
+  """The suite's child processes (sweep runs, runs on 1-8 devices, kills and resumes)
+  compile the same tiny programs again and again: they share one persistent compilation
+  cache, as tests/test_rundir.py's kill tests always have. It holds compiled XLA programs
+  only (every computation still runs). The tests' own process is left as it is: JAX read
+  its environment when it was imported."""
+  os.environ["JAX_COMPILATION_CACHE_DIR"] = str(tmp_path_factory.mktemp("xla_cache"))
+  os.environ["JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS"] = "0"
+  os.environ["JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES"] = "0"
+  yield
 
 
 @pytest.fixture(autouse=True)

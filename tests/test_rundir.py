@@ -257,6 +257,24 @@ def test_configs_that_cannot_make_sense_fail_up_front(override, message, tmp_pat
   assert not os.path.exists(tmp_path / "run")
 
 
+def test_a_run_re_launched_under_an_edited_config_is_refused(tmp_path):
+  """Resuming it would train one experiment's checkpoint under another's name. What only
+  changes how it runs (mesh, steps, evaluation, kernels' block sizes) may change."""
+  run = tmp_path / "run"
+  run.mkdir()
+  (run / "config.json").write_text(tiny.config(data_dir=tmp_path).to_json_best_effort())
+  allowed = {"num_train_steps": 7, "beam_size": 2, "mesh.data": 1, "data.data_dir": "/elsewhere",
+             "model.options.chunked.query_chunk_size": 64}
+  assert rundir.config_changes(str(run), tiny.config(data_dir=tmp_path, **allowed)) == []
+  edited = tiny.config(data_dir=tmp_path, **{**allowed, "model.d_model": 48,
+                                             "model.options.linear.num_features": 8})
+  with pytest.raises(ValueError, match=r"run holds a run begun with another config \("
+                                       r"model.d_model: 32 there, 48 now; "
+                                       r"model.options.linear.num_features: 256 there, 8 now\)"):
+    train.train_and_evaluate(edited, str(run))
+  assert sorted(os.listdir(run)) == ["config.json"]  # nothing ran, nothing written
+
+
 def _numeric_fields(config, prefix=""):
   for key, value in config.items():
     name = prefix + key

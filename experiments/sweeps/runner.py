@@ -21,7 +21,7 @@ import traceback
 
 import tqdm
 
-from experiments import children, console, metrics, train
+from experiments import children, console, metrics, rundir, train
 from experiments.sweeps import grid
 
 FAILURE = "failure.json"
@@ -75,32 +75,16 @@ def _config_json(config) -> dict:
   return json.loads(config.to_json_best_effort())
 
 
-def _fields(tree: dict, prefix: str = "") -> dict:
-  """{'model.d_model': 64, ...}: a config's leaves by their dotted names."""
-  out = {}
-  for key, value in tree.items():
-    out.update(_fields(value, f"{prefix}{key}.") if isinstance(value, dict)
-               else {prefix + key: value})
-  return out
-
-
 def check_begun_runs(workdir: str, runs: list[grid.Run]) -> None:
   """Refuses, before anything runs, runs begun in `workdir` under another config (the sweep's
   config was changed since): keeping or resuming them would mix two experiments under one
-  name. Names each such run and the fields that differ. Fields that only one side has are
-  the code's evolution (a field added since, with its default), not an edit: not compared."""
+  name. Names each such run and the fields that differ (rundir.config_changes: the fields
+  a resumed run may change, such as the mesh or num_train_steps, are not among them)."""
   problems = []
   for run in runs:
-    try:
-      with open(os.path.join(workdir, run.name, "config.json"), encoding="utf-8") as f:
-        begun = _fields(json.load(f))
-    except (OSError, ValueError):
-      continue  # not begun: a run writes its config.json before anything else
-    now = _fields(_config_json(run.config))
-    differ = sorted(k for k in begun.keys() & now.keys() if begun[k] != now[k])
+    differ = rundir.config_changes(os.path.join(workdir, run.name), run.config)
     if differ:
-      shown = "; ".join(f"{k}: {begun[k]!r} there, {now[k]!r} now" for k in differ[:3])
-      problems.append(f"{os.path.join(workdir, run.name)} ({shown}"
+      problems.append(f"{os.path.join(workdir, run.name)} ({'; '.join(differ[:3])}"
                       f"{f'; {len(differ) - 3} more' if len(differ) > 3 else ''})")
   if problems:
     raise ValueError(
