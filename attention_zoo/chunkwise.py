@@ -18,11 +18,20 @@ W = T diag(beta exp(b)) K with T = (I + strict_lower(diag(beta) (K K^T * exp(b_i
 and A_ij = (q_i . k_j) exp(b_i - b_j), j <= i.
 
 No exp overflows for any gates <= 0: every exponent is a difference of cumulative gates
-taken in log space, <= 0 (masked before the exp). The scan body is jax.checkpoint-ed: the
-backward keeps one [H, H] state per chunk and recomputes the rest, so memory is linear in T.
-A scan over chunks beats computing every chunk at once on the CPU (forward+backward at
-T=8192 measured 1.5-1.8x faster, in under half the memory): a step's working set stays in
-cache.
+taken in log space, <= 0 (masked before the exp).
+
+Two forms compute the same function (the option `chunk_form` of each recurrence):
+- "scan": a lax.scan over chunks carries the state. The body is jax.checkpoint-ed: the
+  backward keeps one [H, H] state per chunk and recomputes the rest, so memory is linear in
+  T. On the CPU it beats computing every chunk at once (forward+backward at T=8192 measured
+  1.5-1.8x faster, in under half the memory): a step's working set stays in cache.
+- "parallel": every chunk at once. A chunk's state update is affine, S' = M S + I (M
+  diagonal for the gated-linear family, [H, H] for the delta rule), so the state before
+  every chunk comes from one associative scan over the chunks' (M, I) (log2 of the chunk
+  count steps, not one per chunk), then every chunk's output in one batch: a few large
+  kernels instead of T / C small sequential ones, which is what a GPU or TPU wants. It keeps
+  every chunk's state (T / C of them).
+`chunk_form=None` picks scan on a CPU and parallel elsewhere (`choose_form`).
 """
 
 from __future__ import annotations
@@ -38,6 +47,28 @@ from attention_zoo.recurrence import Prepared
 # of 5 interleaved runs: 4 is fastest or within noise of it for every variant (retention:
 # 1: 167 ms, 2: 161, 4: 159, 8: 162; gla: 2: 296, 4: 277, 8: 339).
 GROUP = 4
+FORMS = ("scan", "parallel")
+
+
+def check_form(variant: str, chunk_form) -> None:
+  if chunk_form is not None and chunk_form not in FORMS:
+    raise ValueError(f"{variant}: chunk_form must be None or one of {FORMS}, got "
+                     f"{chunk_form!r}")
+
+
+def choose_form(chunk_form) -> tuple[str, str]:
+  """(the form that runs, why): a named one as asked; None: scan on a CPU, else parallel."""
+  if chunk_form is not None:
+    return chunk_form, "asked for by name"
+  platform = jax.default_backend()
+  if platform == "cpu":
+    return "scan", "platform 'cpu': a scan over chunks keeps each step in cache"
+  return "parallel", f"platform {platform!r}: every chunk at once, a few large kernels"
+
+
+def _run_chunks(chunk_form, intra, x: Prepared, size, inputs):
+  form, _ = choose_form(chunk_form)
+  return (_scan_chunks if form == "scan" else _parallel_chunks)(intra, x, size, inputs)
 
 
 def _chunks(x, size, group):
@@ -76,19 +107,65 @@ def _scan_chunks(intra, x: Prepared, size, inputs, group=None):
 def _step(s, qd, kd, decay, scores, u, w=None, carries=None, tail=None):
   """One chunk: qd = q exp(b), kd = k exp(b_C - b), u, w [B, N, C, H]; decay = exp(b_C)
   [B, N, 1 or H]; scores A [B, N, C, C]; s [B, N, H, H]; with segments carries and tail
-  bool [B, 1, C] (`_runs`). Returns (out, next state)."""
-  past = jnp.einsum("bnck,bnkv->bncv", qd, s)
-  ws = None if w is None else jnp.einsum("bnck,bnkv->bncv", w, s)
+  bool [B, 1, C] (`_runs`); any further axes before C (the parallel form's chunk axis) are
+  batch axes. Returns (out, next state)."""
+  past = jnp.einsum("...ck,...kv->...cv", qd, s)
+  ws = None if w is None else jnp.einsum("...ck,...kv->...cv", w, s)
   kept = decay[..., None] * s
   if carries is not None:  # a run that starts inside the chunk starts from zero; selects,
     # not products with 0, so that a NaN of an earlier run does not reach it (0 * NaN)
     past, ws = (None if x is None else jnp.where(carries[..., None], x, 0.0) for x in (past, ws))
     kept = jnp.where(carries[..., -1:, None], kept, 0.0)
   new = u if ws is None else u - ws
-  out = past + jnp.einsum("bncd,bndv->bncv", scores, new)
+  out = past + jnp.einsum("...cd,...dv->...cv", scores, new)
   if tail is not None:  # only the last run's keys reach the next state
     kd, new = (jnp.where(tail[..., None], x, 0.0) for x in (kd, new))
-  return out, kept + jnp.einsum("bnck,bncv->bnkv", kd, new)
+  return out, kept + jnp.einsum("...ck,...cv->...kv", kd, new)
+
+
+def _parallel_chunks(intra, x: Prepared, size, inputs):
+  """`_scan_chunks`'s result with every chunk at once: the states before the chunks by an
+  associative scan of their affine updates (`_affine`), then `_step`'s output for all."""
+  T = x.q.shape[2]
+  count = -(-T // size)
+  chunks = tuple(None if a is None else _chunks(a, size, count)[0] for a in inputs)
+  per_chunk = intra(*chunks)                                   # [B, N, count, C, ...]
+  m, increment = _affine(*per_chunk)
+  first = _apply(m[:, :, 0], x.initial) + increment[:, :, 0]   # the initial state enters
+  increment = jnp.concatenate([first[:, :, None], increment[:, :, 1:]], axis=2)
+  _, after = jax.lax.associative_scan(_compose, (m, increment), axis=2)
+  before = jnp.concatenate([x.initial[:, :, None], after[:, :, :-1]], axis=2)
+  out, _ = _step(before, *per_chunk)
+  B, N = out.shape[:2]
+  return out.reshape(B, N, -1, out.shape[-1])[:, :, :T], after[:, :, -1]
+
+
+def _affine(qd, kd, decay, scores, u, w=None, carries=None, tail=None):
+  """A chunk's state update as S' = M S + I, `_step`'s next state written out: M [..., H, 1]
+  or [..., 1, 1] (a diagonal: the gated-linear family) or [..., H, H] (the delta rule)."""
+  del qd, scores
+  keep = decay[..., None]
+  if carries is not None:  # a run starts inside the chunk: the state before it is dropped
+    keep = jnp.where(carries[..., -1:, None], keep, 0.0)
+    w = None if w is None else jnp.where(carries[..., None], w, 0.0)
+  if tail is not None:  # only the last run's keys reach the next state
+    kd, u, w = (None if a is None else jnp.where(tail[..., None], a, 0.0) for a in (kd, u, w))
+  increment = jnp.einsum("...ck,...cv->...kv", kd, u)
+  if w is None:
+    return keep, increment
+  return (keep * jnp.eye(kd.shape[-1], dtype=kd.dtype)
+          - jnp.einsum("...ck,...cj->...kj", kd, w)), increment
+
+
+def _apply(m, s):
+  """M S for `_affine`'s M: a product with a diagonal (last axis 1) or a matrix product."""
+  return m * s if m.shape[-1] == 1 else jnp.einsum("...kj,...jv->...kv", m, s)
+
+
+def _compose(earlier, later):
+  """The affine update `earlier` then `later`: S -> M2 (M1 S + I1) + I2."""
+  (m1, i1), (m2, i2) = earlier, later
+  return _apply(m2, m1), _apply(m2, i1) + i2
 
 
 def _runs(resets):
@@ -178,7 +255,7 @@ def _sizes(length, chunk, sub=None):
   return size, sub
 
 
-def gated_linear(x: Prepared, chunk: int, sub_chunk: int):
+def gated_linear(x: Prepared, chunk: int, sub_chunk: int, chunk_form=None):
   """retention and gla: (out [B, N, T, H], final state [B, N, H, H])."""
   chunk, sub_chunk = _sizes(x.q.shape[2], chunk, sub_chunk)
 
@@ -193,7 +270,7 @@ def gated_linear(x: Prepared, chunk: int, sub_chunk: int):
     return (q * jnp.exp(b), k * jnp.exp(last - b), jnp.exp(last[..., 0, :]),
             _same_run(scores, same), v, None, carries, tail)
 
-  return _scan_chunks(intra, x, chunk, (x.q, x.k, x.v, x.log_gate, x.resets))
+  return _run_chunks(chunk_form, intra, x, chunk, (x.q, x.k, x.v, x.log_gate, x.resets))
 
 
 def _forward_substitution(a):
@@ -249,7 +326,7 @@ def _inverse_backward(base, x, g):
 unit_lower_inverse.defvjp(_inverse_forward, _inverse_backward)
 
 
-def delta_rule(x: Prepared, chunk: int):
+def delta_rule(x: Prepared, chunk: int, chunk_form=None):
   """deltanet (x.log_gate None) and gated_deltanet (one gate per head): (out, final state)."""
   chunk, _ = _sizes(x.q.shape[2], chunk)
   causal = jnp.tril(jnp.ones((chunk, chunk), bool))
@@ -272,4 +349,5 @@ def delta_rule(x: Prepared, chunk: int):
     kd = k * jnp.exp(b[..., -1:] - b)[..., None]
     return q * jnp.exp(b)[..., None], kd, jnp.exp(b[..., -1:]), scores, u, w, carries, tail
 
-  return _scan_chunks(intra, x, chunk, (x.q, x.k, x.v, x.beta, x.log_gate, x.resets))
+  return _run_chunks(chunk_form, intra, x, chunk,
+                     (x.q, x.k, x.v, x.beta, x.log_gate, x.resets))

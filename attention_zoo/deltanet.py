@@ -9,7 +9,7 @@ L2-normalise q and k, which the layer does (registry entry `normalize_qk`).
 
 from __future__ import annotations
 
-from attention_zoo import gated_deltanet, recurrence, validation
+from attention_zoo import gated_deltanet, recurrence
 
 NAME = "deltanet"
 
@@ -19,32 +19,35 @@ CHUNK_SIZE = gated_deltanet.CHUNK_SIZE  # measured there, on this code
 @recurrence.call_forms(NAME)
 def deltanet_attention(query, key, value, bias=None, mask=None, *, scale=None, is_causal=False,
                        query_seq_lengths=None, key_value_seq_lengths=None, segment_ids=None,
-                       local_window_size=None, beta=None, chunk_size=CHUNK_SIZE):
+                       local_window_size=None, beta=None, chunk_size=CHUNK_SIZE,
+                       chunk_form=None):
   """DeltaNet over [B, T, N, H] queries; needs is_causal=True, T == S and `beta`.
 
   A dense mask, bias or window raises NotImplementedError. Keys past a key length are
   identity steps; queries past a query length output zeros. `segment_ids` (int [B, T]):
-  the state restarts where the id changes (packed sequences, recurrence.py).
+  the state restarts where the id changes (packed sequences, recurrence.py). `chunk_form`:
+  "scan", "parallel" or None (by platform), chunkwise.py.
   """
   return chunkwise_with_state(
       query, key, value, bias, mask, scale=scale, is_causal=is_causal,
       query_seq_lengths=query_seq_lengths, key_value_seq_lengths=key_value_seq_lengths,
       segment_ids=segment_ids,
-      local_window_size=local_window_size, beta=beta, chunk_size=chunk_size)[0]
+      local_window_size=local_window_size, beta=beta, chunk_size=chunk_size,
+      chunk_form=chunk_form)[0]
 
 
 def chunkwise_with_state(query, key, value, bias=None, mask=None, *, scale=None,
                          is_causal=True, query_seq_lengths=None, key_value_seq_lengths=None,
                          segment_ids=None,
                          local_window_size=None, beta=None, initial_state=None,
-                         chunk_size=CHUNK_SIZE):
+                         chunk_size=CHUNK_SIZE, chunk_form=None):
   """The chunkwise form from `initial_state` (None = zeros): (out, {'state': [B, N, H, H]})."""
   return gated_deltanet.chunkwise_with_state(
       query, key, value, bias, mask, scale=scale, is_causal=is_causal,
       query_seq_lengths=query_seq_lengths, key_value_seq_lengths=key_value_seq_lengths,
       segment_ids=segment_ids,
       local_window_size=local_window_size, beta=beta, initial_state=initial_state,
-      chunk_size=chunk_size, variant=NAME, uses_gate=False)
+      chunk_size=chunk_size, chunk_form=chunk_form, variant=NAME, uses_gate=False)
 
 
 def recurrent_scan(query, key, value, *, scale=None, beta=None, query_seq_lengths=None,
@@ -58,8 +61,8 @@ def recurrent_scan(query, key, value, *, scale=None, beta=None, query_seq_length
       uses_gate=False)
 
 
-def check_options(chunk_size=CHUNK_SIZE):
-  validation.check_positive(NAME, chunk_size=chunk_size)
+def check_options(chunk_size=CHUNK_SIZE, chunk_form=None):
+  gated_deltanet.check_options(chunk_size, chunk_form, variant=NAME)
 
 
 def init_state(batch, num_heads, kv_heads, head_dim, **_options):

@@ -24,36 +24,37 @@ def gated_deltanet_attention(query, key, value, bias=None, mask=None, *, scale=N
                              is_causal=False, query_seq_lengths=None,
                              key_value_seq_lengths=None,
                              segment_ids=None, local_window_size=None, log_gate=None,
-                             beta=None, chunk_size=CHUNK_SIZE):
+                             beta=None, chunk_size=CHUNK_SIZE, chunk_form=None):
   """Gated DeltaNet over [B, T, N, H] queries; needs is_causal=True, T == S, log_gate, beta.
 
   A dense mask, bias or window raises NotImplementedError. Keys past a key length are
   identity steps; queries past a query length output zeros. `segment_ids` (int [B, T]):
-  the state restarts where the id changes (packed sequences, recurrence.py).
+  the state restarts where the id changes (packed sequences, recurrence.py). `chunk_form`:
+  "scan", "parallel" or None (by platform), chunkwise.py.
   """
   return chunkwise_with_state(
       query, key, value, bias, mask, scale=scale, is_causal=is_causal,
       query_seq_lengths=query_seq_lengths, key_value_seq_lengths=key_value_seq_lengths,
       segment_ids=segment_ids,
       local_window_size=local_window_size, log_gate=log_gate, beta=beta,
-      chunk_size=chunk_size)[0]
+      chunk_size=chunk_size, chunk_form=chunk_form)[0]
 
 
 def chunkwise_with_state(query, key, value, bias=None, mask=None, *, scale=None,
                          is_causal=True, query_seq_lengths=None, key_value_seq_lengths=None,
                          segment_ids=None,
                          local_window_size=None, log_gate=None, beta=None, initial_state=None,
-                         chunk_size=CHUNK_SIZE, variant=NAME, uses_gate=True):
+                         chunk_size=CHUNK_SIZE, chunk_form=None, variant=NAME, uses_gate=True):
   """The chunkwise form from `initial_state` (None = zeros): (out, {'state': [B, N, H, H]}).
 
   `variant` and `uses_gate` let deltanet run this code with no gate (g = 0)."""
-  validation.check_positive(variant, chunk_size=chunk_size)
+  check_options(chunk_size, chunk_form, variant)
   x = recurrence.prepare(variant, query, key, value, bias, mask, scale=scale,
                          is_causal=is_causal, query_seq_lengths=query_seq_lengths,
                          key_value_seq_lengths=key_value_seq_lengths, segment_ids=segment_ids,
                          local_window_size=local_window_size, log_gate=log_gate, beta=beta,
                          uses_gate=uses_gate, uses_beta=True, initial_state=initial_state)
-  out, state = chunkwise.delta_rule(x, chunk_size)
+  out, state = chunkwise.delta_rule(x, chunk_size, chunk_form)
   return recurrence.finish(x, out), dict(state=state)
 
 
@@ -72,8 +73,9 @@ def recurrent_scan(query, key, value, *, scale=None, log_gate=None, beta=None,
   return recurrence.finish(x, out), state
 
 
-def check_options(chunk_size=CHUNK_SIZE):
-  validation.check_positive(NAME, chunk_size=chunk_size)
+def check_options(chunk_size=CHUNK_SIZE, chunk_form=None, variant=NAME):
+  validation.check_positive(variant, chunk_size=chunk_size)
+  chunkwise.check_form(variant, chunk_form)
 
 
 def init_state(batch, num_heads, kv_heads, head_dim, **_options):

@@ -25,34 +25,36 @@ CHUNK_SIZE, SUB_CHUNK_SIZE = 32, 4
 def gla_attention(query, key, value, bias=None, mask=None, *, scale=None, is_causal=False,
                   query_seq_lengths=None, key_value_seq_lengths=None,
                   segment_ids=None, local_window_size=None,
-                  log_gate=None, chunk_size=CHUNK_SIZE, sub_chunk_size=SUB_CHUNK_SIZE):
+                  log_gate=None, chunk_size=CHUNK_SIZE, sub_chunk_size=SUB_CHUNK_SIZE,
+                  chunk_form=None):
   """GLA over [B, T, N, H] queries; needs is_causal=True, T == S and `log_gate`.
 
   A dense mask, bias or window raises NotImplementedError. Keys past a key length are
   identity steps; queries past a query length output zeros. `segment_ids` (int [B, T]):
-  the state restarts where the id changes (packed sequences, recurrence.py).
+  the state restarts where the id changes (packed sequences, recurrence.py). `chunk_form`:
+  "scan", "parallel" or None (by platform), chunkwise.py.
   """
   return chunkwise_with_state(
       query, key, value, bias, mask, scale=scale, is_causal=is_causal,
       query_seq_lengths=query_seq_lengths, key_value_seq_lengths=key_value_seq_lengths,
       segment_ids=segment_ids,
       local_window_size=local_window_size, log_gate=log_gate, chunk_size=chunk_size,
-      sub_chunk_size=sub_chunk_size)[0]
+      sub_chunk_size=sub_chunk_size, chunk_form=chunk_form)[0]
 
 
 def chunkwise_with_state(query, key, value, bias=None, mask=None, *, scale=None,
                          is_causal=True, query_seq_lengths=None, key_value_seq_lengths=None,
                          segment_ids=None,
                          local_window_size=None, log_gate=None, initial_state=None,
-                         chunk_size=CHUNK_SIZE, sub_chunk_size=SUB_CHUNK_SIZE):
+                         chunk_size=CHUNK_SIZE, sub_chunk_size=SUB_CHUNK_SIZE, chunk_form=None):
   """The chunkwise form from `initial_state` (None = zeros): (out, {'state': [B, N, H, H]})."""
-  check_options(chunk_size, sub_chunk_size)
+  check_options(chunk_size, sub_chunk_size, chunk_form)
   x = recurrence.prepare(NAME, query, key, value, bias, mask, scale=scale, is_causal=is_causal,
                          query_seq_lengths=query_seq_lengths,
                          key_value_seq_lengths=key_value_seq_lengths, segment_ids=segment_ids,
                          local_window_size=local_window_size, log_gate=log_gate,
                          gate_per_head_dim=GATE_PER_HEAD_DIM, initial_state=initial_state)
-  out, state = chunkwise.gated_linear(x, chunk_size, sub_chunk_size)
+  out, state = chunkwise.gated_linear(x, chunk_size, sub_chunk_size, chunk_form)
   return recurrence.finish(x, out), dict(state=state)
 
 
@@ -69,8 +71,9 @@ def recurrent_scan(query, key, value, *, scale=None, log_gate=None, query_seq_le
   return recurrence.finish(x, out), state
 
 
-def check_options(chunk_size=CHUNK_SIZE, sub_chunk_size=SUB_CHUNK_SIZE):
+def check_options(chunk_size=CHUNK_SIZE, sub_chunk_size=SUB_CHUNK_SIZE, chunk_form=None):
   validation.check_positive(NAME, chunk_size=chunk_size, sub_chunk_size=sub_chunk_size)
+  chunkwise.check_form(NAME, chunk_form)
   ratio = chunk_size // sub_chunk_size
   if chunk_size % sub_chunk_size or ratio & (ratio - 1):
     raise ValueError(f"{NAME}: sub_chunk_size must be chunk_size over a power of two (chunks "

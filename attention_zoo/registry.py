@@ -17,8 +17,8 @@ from typing import Callable, Mapping, NamedTuple
 
 import jax
 
-from attention_zoo import (chunked, decoding, deltanet, gated_deltanet, gla, implementations,
-                           linear, local, retention, ring, softmax, validation)
+from attention_zoo import (chunked, chunkwise, decoding, deltanet, gated_deltanet, gla,
+                           implementations, linear, local, retention, ring, softmax, validation)
 
 
 class Input(NamedTuple):
@@ -141,6 +141,10 @@ def explain(name: str, query, key, value, bias=None, mask=None, **arguments) -> 
   """Which implementation of `name` runs this call here, and why (options and call
   arguments together in `arguments`, as `get(name, **options)(q, k, v, **call)` takes)."""
   own = options(name)
+  if "chunk_form" in own:  # the recurrences: which chunkwise form (chunkwise.py)
+    validation.check_inputs(name, query, key, value, bias, mask)
+    form, why = chunkwise.choose_form(arguments.get("chunk_form"))
+    return f"{name}: chunk_form {form!r} ({why})"
   if "implementation" not in own:
     return f"{name}: its own code (it has one implementation)"
   call = {a: x for a, x in arguments.items() if a not in own and a not in ("scale", "is_causal")}

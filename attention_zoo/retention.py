@@ -42,34 +42,38 @@ def _log_gate(query, decay):
 def retention_attention(query, key, value, bias=None, mask=None, *, scale=None,
                         is_causal=False, query_seq_lengths=None, key_value_seq_lengths=None,
                         segment_ids=None,
-                        local_window_size=None, decay=None, chunk_size=CHUNK_SIZE):
+                        local_window_size=None, decay=None, chunk_size=CHUNK_SIZE,
+                        chunk_form=None):
   """Retention over [B, T, N, H] queries; needs is_causal=True and T == S.
 
   A dense mask, bias or window raises NotImplementedError. Keys past a key length are
   identity steps; queries past a query length output zeros. `segment_ids` (int [B, T]):
-  the state restarts where the id changes (packed sequences, recurrence.py).
+  the state restarts where the id changes (packed sequences, recurrence.py). `chunk_form`:
+  "scan", "parallel" or None (by platform), chunkwise.py.
   """
   return chunkwise_with_state(
       query, key, value, bias, mask, scale=scale, is_causal=is_causal,
       query_seq_lengths=query_seq_lengths, key_value_seq_lengths=key_value_seq_lengths,
       segment_ids=segment_ids,
-      local_window_size=local_window_size, decay=decay, chunk_size=chunk_size)[0]
+      local_window_size=local_window_size, decay=decay, chunk_size=chunk_size,
+      chunk_form=chunk_form)[0]
 
 
 def chunkwise_with_state(query, key, value, bias=None, mask=None, *, scale=None,
                          is_causal=True, query_seq_lengths=None, key_value_seq_lengths=None,
                          segment_ids=None,
                          local_window_size=None, initial_state=None, decay=None,
-                         chunk_size=CHUNK_SIZE):
+                         chunk_size=CHUNK_SIZE, chunk_form=None):
   """The chunkwise form from `initial_state` (None = zeros): (out, {'state': [B, N, H, H]})."""
-  check_options(decay, chunk_size)
+  check_options(decay, chunk_size, chunk_form)
   validation.check_inputs(NAME, query, key, value, bias, mask)  # before reading N
   x = recurrence.prepare(NAME, query, key, value, bias, mask, scale=scale, is_causal=is_causal,
                          query_seq_lengths=query_seq_lengths,
                          key_value_seq_lengths=key_value_seq_lengths, segment_ids=segment_ids,
                          local_window_size=local_window_size,
                          log_gate=_log_gate(query, decay), initial_state=initial_state)
-  out, state = chunkwise.gated_linear(x, chunk_size, chunk_size)  # no sub-chunks: one gate
+  out, state = chunkwise.gated_linear(x, chunk_size, chunk_size,  # no sub-chunks: one gate
+                                      chunk_form)
   return recurrence.finish(x, out), dict(state=state)
 
 
@@ -87,8 +91,9 @@ def recurrent_scan(query, key, value, *, scale=None, query_seq_lengths=None,
   return recurrence.finish(x, out), state
 
 
-def check_options(decay=None, chunk_size=CHUNK_SIZE):
+def check_options(decay=None, chunk_size=CHUNK_SIZE, chunk_form=None):
   validation.check_positive(NAME, chunk_size=chunk_size)
+  chunkwise.check_form(NAME, chunk_form)
   if decay is None:
     return
   if (not isinstance(decay, (tuple, list)) or not decay

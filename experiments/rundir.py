@@ -58,7 +58,8 @@ MAY_CHANGE = {"num_train_steps", "reevaluate", "progress_bar", "log_every", "eva
 
 def may_change(field: str) -> bool:
   return (field in MAY_CHANGE or field.startswith("mesh.") or field.startswith(
-      "model.options.") and field.endswith(("implementation", "chunk_size", "block_size")))
+      "model.options.") and field.endswith(("implementation", "chunk_size", "block_size",
+                                            "chunk_form")))
 
 
 def config_changes(workdir: str, config) -> list[str]:

@@ -12,6 +12,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+import attention_zoo
 from attention_zoo import chunkwise, deltanet, gated_deltanet, gla, retention
 
 B, T, N, H = 2, 37, 4, 8
@@ -256,6 +257,58 @@ def test_causality_by_exactly_zero_gradients(variant):
     assert float(jnp.abs(grads[2][:, :t + 1]).max()) > 0
 
 
+@pytest.mark.parametrize("variant", VARIANTS)
+def test_parallel_form_matches_the_oracle(variant):
+  """chunk_form="parallel" (every chunk at once, the states by an associative scan; the
+  default off a CPU): grouped heads, both gate extremes in one chunk, lengths, the final
+  state, a start from a given state, gradients and causality, each against its reference."""
+  name, module = _base(variant), MODULES[_base(variant)]
+  options = dict(SMALL[name], chunk_form="parallel")
+  q, k, v, extra = _inputs(variant, seed=12, gates="mixed")
+  _close(_attend(variant, q, k, v, extra, query_seq_lengths=Q_LEN, key_value_seq_lengths=KV_LEN,
+                 **options), oracle(name, q, k, v, **extra, q_len=Q_LEN, kv_len=KV_LEN)[0])
+  run = jax.jit(functools.partial(module.chunkwise_with_state, **options))
+  f32 = lambda tree: jax.tree.map(lambda x: jnp.asarray(x, jnp.float32), tree)
+  head = lambda x: x[:, :20]
+  tail = lambda x: x[:, 20:]
+  _, middle = run(*f32((head(q), head(k), head(v))), **f32(jax.tree.map(head, extra)))
+  out, end = run(*f32((tail(q), tail(k), tail(v))), **f32(jax.tree.map(tail, extra)),
+                 initial_state=middle)
+  want, want_state = oracle(name, q, k, v, **extra)
+  _close(out, want[:, 20:])
+  _close(end["state"], want_state)
+
+  args = (q, k, v, *extra.values())
+  names = list(extra)
+  attend = lambda *a: _attend(variant, *a[:3], dict(zip(names, a[3:])), **options)
+  cot = np.random.default_rng(13).normal(size=q.shape)
+  got = jax.grad(lambda *a: jnp.sum(attend(*a) * cot), tuple(range(len(args))))(*f32(args))
+  with jax.enable_x64(True):
+    wanted = jax.grad(lambda *a: jnp.sum(scan64(name, *a[:3], **dict(zip(names, a[3:]))) * cot),
+                      tuple(range(len(args))))(*(jnp.asarray(x, jnp.float64) for x in args))
+  for g, w, arg in zip(got, wanted, ["query", "key", "value"] + names):
+    w = np.asarray(w)
+    np.testing.assert_allclose(np.asarray(g), w, rtol=0, atol=1e-4 * np.abs(w).max() + 1e-7,
+                               err_msg=arg)
+  for g in jax.grad(lambda *a: jnp.sum(attend(*a)[:, 9]), tuple(range(len(args))))(*f32(args)):
+    np.testing.assert_array_equal(g[:, 10:], 0.0)
+
+
+def test_chunk_form_by_platform_and_by_name():
+  """None: scan on a CPU (this machine) and said so by explain; a bad name is refused."""
+  q = jnp.zeros((1, 8, 2, 4))
+  assert chunkwise.choose_form(None)[0] == ("scan" if jax.default_backend() == "cpu"
+                                           else "parallel")
+  assert attention_zoo.explain("deltanet", q, q, q, chunk_form="parallel") == (
+      "deltanet: chunk_form 'parallel' (asked for by name)")
+  assert attention_zoo.explain("retention", q, q, q).startswith(
+      f"retention: chunk_form '{chunkwise.choose_form(None)[0]}' (platform")
+  for name in MODULES:
+    with pytest.raises(ValueError, match=rf"^{name}: chunk_form must be None or one of "
+                                         r"\('scan', 'parallel'\), got 'fast'"):
+      attention_zoo.get(name, chunk_form="fast")
+
+
 def test_retention_decay_option():
   q, k, v, _ = _inputs("retention", seed=11)
   decay = (0.5, 0.9, 0.99, 0.999)
@@ -339,9 +392,12 @@ def test_benchmark_times_every_variant_against_its_scan(tmp_path):
   from configs.bench import gated  # pylint: disable=import-outside-toplevel
   from experiments import benchmark  # pylint: disable=import-outside-toplevel
   config = gated.get_config().unlock()
-  config.variants, config.baselines = ("retention",), ("chunked",)
+  config.variants = ("retention", "retention:chunk_form='parallel'")  # one scan for both
+  config.baselines = ("chunked",)
   config.lengths, config.heads, config.head_dim, config.repeats = (24,), 2, 8, 1
   table = benchmark.run(config, str(tmp_path))
   assert "| retention | 24 | forward_backward |" in table
   assert "| retention scan | 24 | forward |" in table
-  assert table.count("\n| ") == 1 + 3 * 2  # the header, then 3 labels x 2 modes
+  parallel = [r for r in table.splitlines() if r.startswith("| retention:chunk_form")]
+  assert len(parallel) == 2 and all(r.split(" | ")[4] != "—" for r in parallel)  # vs scan
+  assert table.count("\n| ") == 1 + 4 * 2  # the header, then 4 labels x 2 modes

@@ -79,12 +79,13 @@ def test_packed_equals_each_sequence_alone(name, is_causal):
       np.testing.assert_allclose(got[0, piece], want[row, :n], atol=2e-5, rtol=2e-4)
 
 
+@pytest.mark.parametrize("chunk_form", ["scan", "parallel"])
 @pytest.mark.parametrize("name", RECURRENCES)
-def test_recurrences_restart_token_by_token_and_keep_the_last_state(name):
-  """The chunkwise form with segments equals the token-by-token recurrence with resets
-  (which restarts before each new id), final state included: the one after the last key,
-  padding past the key length being identity steps; the rows of a run that starts in the
-  padding attend no key: zeros."""
+def test_recurrences_restart_token_by_token_and_keep_the_last_state(name, chunk_form):
+  """The chunkwise form (both, chunkwise.py) with segments equals the token-by-token
+  recurrence with resets (which restarts before each new id), final state included: the one
+  after the last key, padding past the key length being identity steps; the rows of a run
+  that starts in the padding attend no key: zeros."""
   rng = np.random.default_rng(3)
   ids, q, k, v, _ = _packed(rng, [5, 9, 2, 14])
   ids[-4:] = 9  # padding with its own id: no reset may happen there
@@ -93,7 +94,8 @@ def test_recurrences_restart_token_by_token_and_keep_the_last_state(name):
   module = RECURRENCES[name]
   lengths = jnp.asarray([len(ids) - 4])
   args = dict(segment_ids=jnp.asarray(ids[None]), key_value_seq_lengths=lengths, **inputs)
-  out, state = module.chunkwise_with_state(q, k, v, **args, **OPTIONS[name])
+  out, state = module.chunkwise_with_state(q, k, v, **args, **OPTIONS[name],
+                                            chunk_form=chunk_form)
   want_out, want_state = module.recurrent_scan(q, k, v, **args)
   np.testing.assert_array_equal(out[:, -4:], 0.0)
   assert np.all(np.asarray(out[:, -5]) != 0.0)  # the last key's run reads its state

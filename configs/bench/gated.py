@@ -13,7 +13,8 @@ import ml_collections
 
 def get_config(platform: str = "cpu"):
   """`configs/bench/gated.py:gpu`: the GPU check's form (bfloat16, where causal `chunked` is
-  cuDNN's kernel; T = 8K, the target's; no scan recurrences, which answer the CPU's question)."""
+  cuDNN's kernel; T = 8K, the target's; both chunkwise forms; no scan recurrences, which
+  answer the CPU's question)."""
   if platform not in ("cpu", "gpu"):
     raise ValueError(f"configs/bench/gated.py:{platform}: choose cpu or gpu")
   c = ml_collections.ConfigDict()
@@ -30,4 +31,7 @@ def get_config(platform: str = "cpu"):
   c.memory_fraction = 0.8            # a case needing more of the free memory is not run
   if platform == "gpu":
     c.scan, c.lengths, c.dtype, c.batch, c.repeats = False, (8192,), "bfloat16", 4, 10
+    # Both chunkwise forms, side by side: the default there (parallel) and the CPU's scan.
+    c.variants = tuple(f"{name}:chunk_form={form!r}" for name in c.variants
+                       for form in ("parallel", "scan"))
   return c.lock()

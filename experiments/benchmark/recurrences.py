@@ -18,6 +18,7 @@ import jax.numpy as jnp
 import attention_zoo
 from experiments import tables
 from experiments.benchmark import measure
+from experiments.benchmark.attention import parse_variant
 
 
 def _arrays(config, name, length):
@@ -47,12 +48,14 @@ def _timed(fn, backward):
 
 
 def candidates(config) -> dict:
-  """label -> (variant name for its inputs, fn(q, k, v, inputs))."""
+  """label -> (variant name for its inputs, fn(q, k, v, inputs)); a variant is 'name' or
+  'name:option=value:...' (e.g. 'gla:chunk_form="parallel"'), its scan timed once per name."""
   found = {}
-  for name in config.variants:
-    attend = attention_zoo.get(name, is_causal=True)
-    found[name] = (name, lambda q, k, v, inputs, attend=attend: attend(q, k, v, **inputs))
-    if config.scan:
+  for spec in config.variants:
+    name, options = parse_variant(spec)
+    attend = attention_zoo.get(name, is_causal=True, **options)
+    found[spec] = (name, lambda q, k, v, inputs, attend=attend: attend(q, k, v, **inputs))
+    if config.scan and f"{name} scan" not in found:
       module = sys.modules[attention_zoo.registry.entry(name).fn.__module__]
       scan = module.recurrent_scan  # the variant's token-by-token lax.scan form
       found[f"{name} scan"] = (name, lambda q, k, v, inputs, scan=scan: scan(q, k, v,
@@ -82,7 +85,7 @@ def run(config):
         f"{label}={m.median_ms:.1f}ms" if m.median_ms else f"{label}={m.status}"
         for label, m in found.items()), flush=True)
     for label, m in found.items():
-      scan = found.get(f"{label} scan")
+      scan = found.get(f"{label.split(':')[0]} scan")
       rows.append(dict(variant=label, length=length, mode=mode, dtype=config.dtype,
                        batch=config.batch, heads=config.heads, head_dim=config.head_dim,
                        **dataclasses.asdict(m), vs_scan=_ratio(scan, m),
