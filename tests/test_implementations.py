@@ -94,7 +94,7 @@ def test_cudnn_off_a_gpu_refuses_and_none_chooses_xla():
       "chunked: xla (platform 'cpu': xla is the fast one off a GPU)")
   assert attention_zoo.explain("chunked", q, k, v, implementation="pallas") == (
       "chunked: pallas (asked for by name)")
-  assert attention_zoo.explain("gla", q, k, v).startswith("gla: its own code")
+  assert attention_zoo.explain("local", q, k, v).startswith("local: its own code")
   with pytest.raises(ValueError, match="implementation must be None or one of"):
     attention_zoo.get("chunked", implementation="triton")
 
