@@ -46,10 +46,12 @@ class Finished:
 def environment(devices: int | None = None, **env: str | None) -> dict[str, str]:
   """This process's environment with `env` set (a None value unsets that variable) and,
   given `devices`, XLA's host-platform device count (CPU devices, as the tests and the
-  devices benchmark use)."""
+  devices benchmark use) in place of any count in XLA_FLAGS; its other flags are kept."""
   out = dict(os.environ)
   if devices is not None:
-    out["XLA_FLAGS"] = f"--xla_force_host_platform_device_count={devices}"
+    count = "--xla_force_host_platform_device_count"
+    kept = [f for f in out.get("XLA_FLAGS", "").split() if not f.startswith(count + "=")]
+    out["XLA_FLAGS"] = " ".join(kept + [f"{count}={devices}"])
   out.update(env)
   return {key: value for key, value in out.items() if value is not None}
 

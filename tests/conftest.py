@@ -3,11 +3,22 @@
 # the working directory of `python -m pytest`.
 
 import os
+import shutil
+import tempfile
 
-import jax
+# The suite's programs are tiny, so compiling them is most of its time: XLA's backend (LLVM)
+# compiles without optimization here, which halves that and computes the same values (the
+# optimizations may not reorder floating-point arithmetic). Set before JAX starts its
+# backends; child processes inherit it; a level given in XLA_FLAGS is kept. Benchmarks and
+# experiments run outside the suite, fully optimized.
+if "--xla_backend_optimization_level" not in os.environ.get("XLA_FLAGS", ""):
+  os.environ["XLA_FLAGS"] = " ".join([os.environ.get("XLA_FLAGS", ""),
+                                      "--xla_backend_optimization_level=0"]).strip()
 
-import attention_zoo
-import pytest
+import jax  # pylint: disable=wrong-import-position
+
+import attention_zoo  # pylint: disable=wrong-import-position
+import pytest  # pylint: disable=wrong-import-position
 
 # On a GPU, JAX computes float32 matmuls in TF32 by default (10 mantissa bits): the H200
 # check failed 82 exactness tests by ~1e-3, the variants and their references alike. The
@@ -17,17 +28,21 @@ if jax.default_backend() != "cpu":
   jax.config.update("jax_default_matmul_precision", "highest")
 
 
-@pytest.fixture(autouse=True, scope="session")
-def _one_compilation_cache_for_child_processes(tmp_path_factory):
-  """The suite's child processes (sweep runs, runs on 1-8 devices, kills and resumes)
-  compile the same tiny programs again and again: they share one persistent compilation
-  cache, as tests/test_rundir.py's kill tests always have. It holds compiled XLA programs
-  only (every computation still runs). The tests' own process is left as it is: JAX read
-  its environment when it was imported."""
-  os.environ["JAX_COMPILATION_CACHE_DIR"] = str(tmp_path_factory.mktemp("xla_cache"))
-  os.environ["JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS"] = "0"
-  os.environ["JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES"] = "0"
-  yield
+# The suite compiles the same tiny programs again and again (a run killed and resumed, a
+# config on 1 and 8 devices, a sweep's runs in child processes): one persistent compilation
+# cache serves the tests' process and every child. It holds compiled XLA programs only
+# (every computation still runs). Set before any test module is imported, hence before the
+# first compilation, which would otherwise fix the cache as off for this process.
+_XLA_CACHE = tempfile.mkdtemp(prefix="attention_zoo_tests_xla_cache_")
+for _name, _value in [("jax_compilation_cache_dir", _XLA_CACHE),
+                      ("jax_persistent_cache_min_compile_time_secs", 0),
+                      ("jax_persistent_cache_min_entry_size_bytes", 0)]:
+  jax.config.update(_name, _value)
+  os.environ[_name.upper()] = str(_value)
+
+
+def pytest_unconfigure(config):  # pylint: disable=unused-argument
+  shutil.rmtree(_XLA_CACHE, ignore_errors=True)
 
 
 @pytest.fixture(autouse=True)

@@ -279,3 +279,7 @@ def test_a_child_runs_in_the_checkout_and_says_why_it_ended():
       "the run's process was killed by SIGKILL")
   assert "out of memory" in children.exit_reason(-9, 2, 3) and "OOM" not in (
       children.exit_reason(-9, None, 3))
+  with pytest.MonkeyPatch.context() as patch:  # a device count replaces only the count
+    patch.setenv("XLA_FLAGS", "--xla_force_host_platform_device_count=2 --xla_dump_to=/d")
+    assert children.environment(devices=8)["XLA_FLAGS"] == (
+        "--xla_dump_to=/d --xla_force_host_platform_device_count=8")
