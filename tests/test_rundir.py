@@ -45,11 +45,10 @@ print(json.dumps(train.train_and_evaluate(tiny.config("softmax", {data_dir!r}, *
 
 @pytest.fixture(scope="module")
 def shared(tmp_path_factory):
-  """(data directory, environment with a persistent compilation cache) for every run here."""
+  """(data directory, environment) for every run here: the suite's, whose persistent
+  compilation cache (tests/conftest.py) the runs share, without a kill point."""
   root = tmp_path_factory.mktemp("rundir")
-  env = dict(os.environ, JAX_COMPILATION_CACHE_DIR=str(root / "xla_cache"),
-             JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS="0",
-             JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES="0")
+  env = dict(os.environ)
   env.pop(rundir.KILL_AT, None)
   return root / "tfds", env
 
