@@ -79,6 +79,14 @@ def test_the_processor_is_named_with_its_family_model_and_vector_extension(tmp_p
   assert machine.processor(str(cpuinfo)) == "Some CPU"
 
 
+def test_the_machine_line_names_xla_flags_where_set(monkeypatch):
+  """A table timed under other compiler flags says so (the suite sets some of its own)."""
+  monkeypatch.setenv("XLA_FLAGS", "--xla_cpu_use_onednn=true")
+  assert machine.describe().endswith(", XLA_FLAGS=--xla_cpu_use_onednn=true")
+  monkeypatch.setenv("XLA_FLAGS", " ")
+  assert "XLA_FLAGS" not in machine.describe()
+
+
 def test_every_attention_benchmark_config_names_variants_that_exist():
   """A misspelt variant or option would fail only in the benchmark's child processes."""
   configs = [importlib.import_module(f"configs.bench.{os.path.basename(p)[:-3]}").get_config()

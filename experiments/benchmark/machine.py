@@ -42,6 +42,10 @@ def cores() -> int:
 
 
 def describe() -> str:
-  """One line: processor, cores, device, frameworks."""
+  """One line: processor, cores, device, frameworks and, where set, XLA's flags (they change
+  what is measured: `XLA_FLAGS="--xla_cpu_use_onednn=true" python launch.py bench ...`
+  times XLA's oneDNN path, its child processes inheriting the flags)."""
+  flags = os.environ.get("XLA_FLAGS", "").strip()
   return (f"{processor()}, {cores()} cores, {jax.devices()[0].device_kind}, JAX {jax.__version__}"
-          + (f", PyTorch {peers.torch_version()}" if peers.torch_available() else ""))
+          + (f", PyTorch {peers.torch_version()}" if peers.torch_available() else "")
+          + (f", XLA_FLAGS={flags}" if flags else ""))
