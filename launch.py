@@ -16,14 +16,12 @@ from absl import app, flags
 from ml_collections import config_flags
 
 from configs.sweeps import default
-from experiments import benchmark, checkpoints, console, parallel, sweeps, train
-from experiments.sweeps import report
+from experiments import console
 
 config_flags.DEFINE_config_file("config", None, "An experiment config, e.g. configs/copy.py.",
                                 lock_config=True)
 flags.DEFINE_string("workdir", None, "Where checkpoints and metrics go; a rerun resumes there.")
 FLAGS = flags.FLAGS
-COMMANDS = {"": train.train_and_evaluate, "bench": benchmark.run, "sweep": sweeps.run}
 
 
 def parse(argv):
@@ -47,22 +45,30 @@ def main(argv):
   if command not in ("", "bench", "sweep", "table"):
     console.fail(f"unexpected arguments {command!r}; the commands are bench, sweep and table "
                  f"(python launch.py --help)")
-  console.quiet()
-  parallel.initialize_distributed()  # several hosts, when the environment describes them
   config, workdir = FLAGS.config, FLAGS.workdir
-  if command == "table":
-    if not workdir:
-      console.fail("table needs --workdir, a sweep's workdir")
-    print(report.write(workdir))
-    return
+  if command == "table" and not os.path.isfile(os.path.join(workdir or "", "sweep.json")):
+    console.fail(f"table needs --workdir, a sweep's workdir"
+                 + (f"; {workdir} holds no sweep (no sweep.json)" if workdir else ""))
   if config is None and not command:
     command, config, workdir = "sweep", default.get_config(), workdir or default.WORKDIR
-  if config is None or not workdir:
+  if command != "table" and (config is None or not workdir):
     console.fail(f"{command or 'an experiment'} needs --config and --workdir"
                  + ("" if command else " (or neither: the default job)"))
-  console.check_workdir(workdir)
+  if command != "table":
+    console.check_workdir(workdir)
+  # The training stack (orbax, TFDS, grain, tensorboard: seconds to import) loads once the
+  # command line is known to be right, so a mistake in it is reported at once.
+  # pylint: disable-next=import-outside-toplevel
+  from experiments import benchmark, checkpoints, parallel, sweeps, train
+  from experiments.sweeps import report  # pylint: disable=import-outside-toplevel
+  console.quiet()
+  parallel.initialize_distributed()  # several hosts, when the environment describes them
+  if command == "table":
+    print(report.write(workdir))
+    return
   try:
-    result = COMMANDS[command](config, workdir)
+    run = {"": train.train_and_evaluate, "bench": benchmark.run, "sweep": sweeps.run}[command]
+    result = run(config, workdir)
   except console.ConfigError as e:
     console.fail(str(e))
   except KeyboardInterrupt:

@@ -49,7 +49,7 @@ def pytest_unconfigure(config):  # pylint: disable=unused-argument
 @pytest.fixture(autouse=True)
 def _ring_mesh(request):
   """Tests parameterized over every variant run `ring` under a one-device mesh with its
-  `sequence` axis (ring attention needs a mesh; tests/test_ring.py uses 2, 4 and 8 devices)."""
+  `sequence` axis (ring attention needs a mesh; tests/test_ring.py uses 2 and 8 devices)."""
   params = getattr(request.node, "callspec", None)
   if params is None or "ring" not in params.params.values():
     yield

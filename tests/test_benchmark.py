@@ -21,6 +21,7 @@ def _rows(workdir):
     return json.load(f)["rows"]
 
 
+@pytest.mark.slow
 def test_attention_benchmark_writes_table_csv_json_and_plots(tmp_path):
   config = tiny.get_config().unlock()
   config.lengths, config.modes, config.torch = (16, 24), ("forward", "forward_backward"), False
@@ -186,6 +187,7 @@ def test_devices_benchmark_runs_the_loop_on_each_device_count(tmp_path):
   assert table.count("\n| ") == 1 + len(rows)
 
 
+@pytest.mark.slow
 def test_flex_benchmark_prints_its_tables():
   """experiments/benchmark/flex.py at a small T: the three tables, every case measured,
   the score_mod's memory growing linearly in T and the dense bias's faster, and skipping

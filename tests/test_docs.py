@@ -5,6 +5,8 @@ import json
 import os
 import re
 
+import pytest
+
 from experiments import children
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -17,6 +19,7 @@ def _files(page: str) -> dict[str, str]:
   return {path: body for path, body in blocks}
 
 
+@pytest.mark.slow
 def test_add_a_variant_page(tmp_path):
   """A toy variant from a package outside the checkout joins the contract and property
   suites by registration, as docs/add_a_variant.md says (step 3's command)."""
@@ -47,6 +50,7 @@ def test_api_reference_has_a_page_per_public_module(tmp_path):
   assert "chunked_attention" in (tmp_path / "attention_zoo" / "chunked.html").read_text()
 
 
+@pytest.mark.slow
 def test_add_a_task_page(tmp_path):
   """A toy task from a package outside the checkout trains for two steps through
   launch.py with the page's config, as docs/add_a_task.md says (step 3)."""

@@ -41,17 +41,15 @@ def one_device(tmp_path_factory):
   return root, _train(1, root / "one", root / "tfds")
 
 
-def test_data_parallel_over_8_devices_equals_one_device(one_device):
-  root, reference = one_device
-  _assert_same_curve(_train(8, root / "eight", root / "tfds"), reference)
-  with open(root / "eight" / "metrics.jsonl") as f:
-    first = json.loads(f.readline())
-  assert first["devices"] == 8
-
-
-def test_fsdp_shards_parameters_and_gives_the_same_curve(one_device):
+@pytest.mark.slow
+def test_data_parallel_and_fsdp_over_8_devices_equal_one_device(one_device):
+  """mesh data=2 x fsdp=4: the batch split over all 8 devices, the parameters and optimizer
+  state over 4 of them (pure data parallelism is this with fsdp=1)."""
   root, reference = one_device
   _assert_same_curve(_train(8, root / "fsdp", root / "tfds", **{"mesh.fsdp": 4}), reference)
+  with open(root / "fsdp" / "metrics.jsonl") as f:
+    first = json.loads(f.readline())
+  assert first["devices"] == 8
 
 
 @pytest.mark.slow

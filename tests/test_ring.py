@@ -1,4 +1,4 @@
-"""Ring attention over 2, 4 and 8 CPU devices equals softmax, forward and gradients (with
+"""Ring attention over 2 and 8 CPU devices equals softmax, forward and gradients (with
 segment ids too: the key ids travel around the ring with their block; the residual, each
 row's log-sum-exp, the soft cap and sinks, with their gradients)."""
 
@@ -35,8 +35,9 @@ references = {case: (softmax(q, k, v, **kwargs),
                      jax.grad(loss(softmax, kwargs), (0, 1, 2))(q, k, v))
               for case, kwargs in cases.items()}
 errors = {}
-# every device count and both axis types, not their product (compiling each case is the cost)
-for devices, axis_type in ((2, "Explicit"), (4, "Auto"), (8, "Auto"), (8, "Explicit")):
+# the fewest and most devices and both axis types, not their product (compiling each case is
+# the cost: the suite's time on 2 cores)
+for devices, axis_type in ((2, "Explicit"), (8, "Auto")):
   mesh = jax.make_mesh((devices,), ("sequence",), devices=jax.devices()[:devices],
                        axis_types=(getattr(jax.sharding.AxisType, axis_type),))
   for case, kwargs in cases.items():
@@ -77,9 +78,9 @@ print(json.dumps(errors))
 
 
 @pytest.mark.slow
-def test_ring_equals_softmax_on_2_4_8_devices():
+def test_ring_equals_softmax_on_2_and_8_devices():
   errors = devices.run(8, RING_VS_SOFTMAX)
-  assert len(errors) == 4 * 6 + 2 * 2
+  assert len(errors) == 2 * 6 + 2 * 2
   for case, differences in errors.items():
     assert max(differences) < 1e-5, (case, differences)
 

@@ -100,6 +100,7 @@ KILLS = [
 ]
 
 
+@pytest.mark.slow
 def test_resume_after_a_kill_at_every_save_instant(shared, straight, tmp_path, capsys):
   """SIGKILLed at each point in turn, re-run each time: the same run as one never killed.
   (before_best_save and before_metrics_write fall between saves: see the sweep test.)"""
@@ -354,6 +355,7 @@ def test_every_config_in_configs_fits_a_24_gib_device():
   assert len(sizes) > 40 and max(sizes.values()) < 24, max(sizes.items(), key=lambda x: x[1])
 
 
+@pytest.mark.slow
 def test_a_sweep_survives_a_broken_run_and_names_the_signal_of_a_killed_one(shared, tmp_path,
                                                                            monkeypatch):
   """One run's metrics.jsonl is broken, the other run is SIGKILLed: both are recorded as

@@ -88,6 +88,7 @@ def test_tiny_sweep_survives_a_kill_and_ends_in_a_table(tmp_path):
   assert len((workdir / "table.csv").read_text().splitlines()) == 1 + 2
 
 
+@pytest.mark.slow
 def test_a_failing_run_is_recorded_and_the_others_finish(tmp_path):
   sweep = _tiny_sweep(tmp_path / "tfds", steps=6, axes=[
       ("optimizer.learning_rate", (1e-3, 1e38)), ("seed", (0,))])

@@ -1,22 +1,14 @@
-"""The experiment loop end to end: every variant, learning, resume after a kill, failures."""
+"""The experiment loop end to end: every variant, learning, failures (a kill at every save
+instant: tests/test_rundir.py)."""
 
 import os
-import signal
 
-import jax
 import numpy as np
-import orbax.checkpoint as ocp
 import pytest
 
 import attention_zoo
-from configs.sweeps import default
 from experiments import children, metrics, train
 from tests import tiny
-
-# Timings, and what a (re)started process logs once (compile time, memory, device count).
-TIMING = {"steps_per_second", "tokens_per_second", "process_peak_rss_mib", "compile_seconds",
-          "train_step_memory_mib", "devices"}
-
 
 @pytest.fixture(scope="module")
 def data_dir(tmp_path_factory):
@@ -25,68 +17,28 @@ def data_dir(tmp_path_factory):
 
 @pytest.mark.parametrize("variant", attention_zoo.names())
 def test_two_steps_per_variant(variant, data_dir, tmp_path):
-  final = train.train_and_evaluate(tiny.config(variant, data_dir), str(tmp_path))
+  """Trains, evaluates, decodes and checkpoints with the variant in every role it takes:
+  decoding the longer test split only (decoding is exact per variant: test_decoding.py)."""
+  config = tiny.config(variant, data_dir, decode_splits=("test_long",))
+  final = train.train_and_evaluate(config, str(tmp_path))
   logged = metrics.read(str(tmp_path))
   assert [r["step"] for r in logged if "train_loss" in r] == [1, 2]
   assert all(np.isfinite(r["train_loss"]) for r in logged if "train_loss" in r)
   assert os.listdir(tmp_path / "checkpoints") and os.listdir(tmp_path / "best")
   assert os.listdir(tmp_path / "tensorboard")
-  assert set(final) >= {"test_exact_accuracy", "test_long_exact_accuracy", "validation_loss"}
+  assert set(final) >= {"test_long_exact_accuracy", "test_long_loss"}, final
 
 
-@pytest.mark.slow
 def test_softmax_learns_copy(data_dir, tmp_path):
-  """The default job's softmax config: 600 steps, ~30 s on 2 CPU cores (measured 99.9%)."""
-  config = default.config("softmax")
-  config.data.data_dir, config.progress_bar = str(data_dir), False
+  """The loop learns: the tiny model copies sequences of 2-6 tokens after 400 steps (1.0
+  exact on this seed, 0.95 and 1.0 on seeds 1 and 2; ~25 s on 2 CPU cores). The default job's
+  accuracies (600 steps of a larger model) are its own measurement: `python launch.py`."""
+  config = tiny.config("softmax", data_dir, num_train_steps=400, eval_every=400,
+                       checkpoint_every=400, log_every=100, **{
+                           "data.num_train": 2000, "data.batch_size": 32,
+                           "optimizer.learning_rate": 3e-3, "optimizer.warmup_steps": 20})
   final = train.train_and_evaluate(config, str(tmp_path))
   assert final["test_exact_accuracy"] >= 0.9, final
-
-
-def _kill_after(k, config_overrides, workdir, data_dir):
-  """Runs in a child process that SIGKILLs itself once step k's checkpoint is on disk and
-  two more steps have run (and been logged, unsaved)."""
-  code = f"""
-      import os, signal
-      from experiments import checkpoints, train
-      from tests import tiny
-      save = checkpoints.Checkpoints.save
-      def save_then_die(self, step, *args, **kwargs):
-        save(self, step, *args, **kwargs)
-        if step == {k} + 2:
-          self.latest.wait_until_finished()
-          os.kill(os.getpid(), signal.SIGKILL)
-      checkpoints.Checkpoints.save = save_then_die
-      train.train_and_evaluate(tiny.config("softmax", {str(data_dir)!r}, **{config_overrides!r}),
-                               {str(workdir)!r})
-  """
-  return children.run(code, timeout=300)
-
-
-def _params(workdir, step):
-  return ocp.PyTreeCheckpointer().restore(os.path.join(workdir, "checkpoints", str(step),
-                                                       "state"))["params"]
-
-
-def _comparable(workdir):
-  return [{k: v for k, v in r.items() if k not in TIMING} for r in metrics.read(workdir)]
-
-
-def test_resume_after_kill_matches_uninterrupted_run(data_dir, tmp_path):
-  k = 4
-  overrides = {"num_train_steps": 2 * k, "checkpoint_every": k, "eval_every": k,
-               "model.dropout_rate": 0.1}
-  straight, killed = str(tmp_path / "straight"), str(tmp_path / "killed")
-  train.train_and_evaluate(tiny.config("softmax", data_dir, **overrides), straight)
-  child = _kill_after(k, overrides, killed, data_dir)
-  assert child.returncode == -signal.SIGKILL, child.stderr[-2000:]
-  assert sorted(os.listdir(os.path.join(killed, "checkpoints"))) == [str(k)]
-  assert max(r["step"] for r in metrics.read(killed)) == k + 2  # logged, then lost
-  train.train_and_evaluate(tiny.config("softmax", data_dir, **overrides), killed)
-  resumed, uninterrupted = _params(killed, 2 * k), _params(straight, 2 * k)
-  assert jax.tree.structure(resumed) == jax.tree.structure(uninterrupted)
-  jax.tree.map(np.testing.assert_array_equal, resumed, uninterrupted)
-  assert _comparable(killed) == _comparable(straight)
 
 
 def test_nan_loss_stops_with_the_step(data_dir, tmp_path):
