@@ -197,6 +197,25 @@ def test_metrics_jsonl_torn_tail_is_dropped_and_garbage_is_named(tmp_path):
       metrics.read(str(tmp_path))
 
 
+def test_metrics_load_no_pytorch(tmp_path):
+  """tensorboardX imports PyTorch where it is installed: metrics.py hides it. A stand-in
+  torch that fails when imported shows that nothing loads it, with or without PyTorch."""
+  (tmp_path / "torch").mkdir()
+  (tmp_path / "torch" / "__init__.py").write_text("raise RuntimeError('torch was imported')")
+  (tmp_path / "run").mkdir()
+  child = children.run(f"""
+      import sys
+      from experiments import metrics
+      writer = metrics.MetricsWriter({str(tmp_path / "run")!r}, 0)
+      writer.write(1, {{"loss": 1.5}})
+      writer.close()
+      assert "torch" not in sys.modules
+  """, env={"PYTHONPATH": str(tmp_path)})
+  assert child.returncode == 0, child.stderr[-2000:]
+  assert metrics.read(str(tmp_path / "run")) == [{"step": 1, "loss": 1.5}]
+  assert os.listdir(tmp_path / "run" / "tensorboard")
+
+
 def test_a_broken_metrics_line_fails_the_run_naming_it(straight, tmp_path):
   workdir = tmp_path / "run"
   _unfinished(straight, workdir)
