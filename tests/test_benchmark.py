@@ -37,6 +37,7 @@ def test_attention_benchmark_writes_table_csv_json_and_plots(tmp_path):
   assert os.path.getsize(tmp_path / "results.csv") > 0
 
 
+@pytest.mark.slow
 def test_fresh_processes_report_each_case_at_its_best_median(tmp_path):
   """`processes` = 2: the grid timed in two fresh processes; each row holds both medians
   and is the faster one's, its ratio to jax taken between best medians; the machine (the

@@ -124,6 +124,7 @@ def test_resume_after_a_kill_at_every_save_instant(shared, straight, tmp_path, c
   _assert_same_run(workdir, straight)
 
 
+@pytest.mark.slow
 def test_a_finished_run_changes_nothing_unless_asked_to_reevaluate(shared, straight, tmp_path,
                                                                     capsys):
   workdir = tmp_path / "run"
@@ -157,6 +158,7 @@ CORRUPTIONS = {
 }
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("corruption", CORRUPTIONS)
 def test_a_corrupted_checkpoint_falls_back_to_the_newest_readable(corruption, shared, straight,
                                                                   tmp_path):
