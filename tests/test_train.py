@@ -10,6 +10,7 @@ import attention_zoo
 from experiments import children, metrics, train
 from tests import tiny
 
+
 @pytest.fixture(scope="module")
 def data_dir(tmp_path_factory):
   return tmp_path_factory.mktemp("tfds")
