@@ -46,15 +46,15 @@ def main(argv):
     console.fail(f"unexpected arguments {command!r}; the commands are bench, sweep and table "
                  f"(python launch.py --help)")
   config, workdir = FLAGS.config, FLAGS.workdir
-  if command == "table" and not os.path.isfile(os.path.join(workdir or "", "sweep.json")):
-    console.fail(f"table needs --workdir, a sweep's workdir"
-                 + (f"; {workdir} holds no sweep (no sweep.json)" if workdir else ""))
-  if config is None and not command:
-    command, config, workdir = "sweep", default.get_config(), workdir or default.WORKDIR
-  if command != "table" and (config is None or not workdir):
-    console.fail(f"{command or 'an experiment'} needs --config and --workdir"
-                 + ("" if command else " (or neither: the default job)"))
-  if command != "table":
+  if command == "table":
+    if not workdir:
+      console.fail("table needs --workdir, a sweep's workdir")
+  else:
+    if config is None and not command:
+      command, config, workdir = "sweep", default.get_config(), workdir or default.WORKDIR
+    if config is None or not workdir:
+      console.fail(f"{command or 'an experiment'} needs --config and --workdir"
+                   + ("" if command else " (or neither: the default job)"))
     console.check_workdir(workdir)
   # The training stack (orbax, TFDS, grain, tensorboard: seconds to import) loads once the
   # command line is known to be right, so a mistake in it is reported at once.
@@ -63,12 +63,10 @@ def main(argv):
   from experiments.sweeps import report  # pylint: disable=import-outside-toplevel
   console.quiet()
   parallel.initialize_distributed()  # several hosts, when the environment describes them
-  if command == "table":
-    print(report.write(workdir))
-    return
+  commands = {"": train.train_and_evaluate, "bench": benchmark.run, "sweep": sweeps.run,
+              "table": lambda _, path: report.write(path)}
   try:
-    run = {"": train.train_and_evaluate, "bench": benchmark.run, "sweep": sweeps.run}[command]
-    result = run(config, workdir)
+    result = commands[command](config, workdir)
   except console.ConfigError as e:
     console.fail(str(e))
   except KeyboardInterrupt:

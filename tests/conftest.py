@@ -31,9 +31,10 @@ if jax.default_backend() != "cpu":
 
 # The suite compiles the same tiny programs again and again (a run killed and resumed, a
 # config on 1 and 8 devices, a sweep's runs in child processes): one persistent compilation
-# cache serves each test process (a pytest-xdist worker) and every child it starts. It holds compiled XLA programs only
-# (every computation still runs). Set before any test module is imported, hence before the
-# first compilation, which would otherwise fix the cache as off for this process.
+# cache serves each test process (a pytest-xdist worker) and every child it starts. It
+# holds compiled XLA programs only (every computation still runs). Set before any test
+# module is imported, hence before the first compilation, which would otherwise fix the
+# cache as off for this process.
 _XLA_CACHE = tempfile.mkdtemp(prefix="attention_zoo_tests_xla_cache_")
 for _name, _value in [("jax_compilation_cache_dir", _XLA_CACHE),
                       ("jax_persistent_cache_min_compile_time_secs", 0),

@@ -26,7 +26,7 @@ from experiments.sweeps import grid, runner
      "--workdir {tmp}/file is a file, not a directory"),
     (["sweep", "--config", "configs/sweeps/tiny.py", "--workdir", "{tmp}/sweep",
       "--config.base.optimizer.name=adamww"], "(did you mean 'adamw'?)"),
-    (["table", "--workdir", "{tmp}"], "table needs --workdir, a sweep's workdir; {tmp} holds no"),
+    (["table", "--workdir", "{tmp}"], "{tmp} holds no sweep (no sweep.json): table needs a"),
 ])
 def test_a_mistake_is_one_plain_line(args, message, tmp_path):
   (tmp_path / "file").write_text("not a directory")

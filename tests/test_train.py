@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 import attention_zoo
-from experiments import children, metrics, train
+from experiments import metrics, train
 from tests import tiny
 
 
@@ -72,13 +72,3 @@ def test_bad_configs_fail_before_training(override, message, tmp_path):
     train.train_and_evaluate(tiny.config(data_dir=tmp_path / "data", **override),
                              str(tmp_path / "run"))
   assert not os.path.exists(tmp_path / "run")
-
-
-def test_launch_rejects_misspelt_fields_and_unknown_variants(tmp_path):
-  run = lambda *flags: children.run(argv=[
-      "launch.py", "--config", "configs/copy.py", "--workdir", tmp_path, *flags], timeout=120)
-  typo = run("--config.model.attentoin=linear")
-  assert typo.returncode != 0 and "(did you mean 'attention'?)" in typo.stderr
-  unknown = run("--config.model.attention=flash")
-  assert unknown.returncode != 0 and "choose from ['chunked', 'deltanet'" in unknown.stderr
-  assert not os.path.exists(tmp_path / "checkpoints")

@@ -20,12 +20,16 @@ matplotlib.use("Agg")  # files only, no display
 import matplotlib.pyplot as plt  # pylint: disable=wrong-import-position
 import numpy as np  # pylint: disable=wrong-import-position
 
-from experiments import metrics, tables  # pylint: disable=wrong-import-position
+from experiments import console, metrics, tables  # pylint: disable=wrong-import-position
 
 
 def load(workdir: str) -> tuple[dict, list[dict]]:
   """(the sweep's table settings, its runs each with labels, final metrics and curves)."""
-  with open(os.path.join(workdir, "sweep.json"), encoding="utf-8") as f:
+  path = os.path.join(workdir, "sweep.json")
+  if not os.path.isfile(path):
+    raise console.ConfigError(f"{workdir} holds no sweep (no sweep.json): table needs a "
+                              f"sweep's workdir")
+  with open(path, encoding="utf-8") as f:
     sweep = json.load(f)
   runs = []
   for run in sweep["runs"]:
