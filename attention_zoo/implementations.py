@@ -5,8 +5,12 @@
   NVIDIA GPUs (float16 or bfloat16, head dim a multiple of 8 up to 128).
 - `"pallas"`: JAX's own Pallas flash-attention kernel (`jax.experimental.pallas.ops.gpu`);
   off a GPU it runs in Pallas's interpret mode (exact, slow: how it is tested on CPU).
+- `"cpu"`: this library's fused flash kernel for x86-64 CPUs (attention_zoo/cpu_kernel.py:
+  C++ through XLA's FFI, compiled for the machine on first use; float32, causal or not,
+  grouped heads, nothing else).
 - `None`: the fastest that honours every argument of the call on the current platform
-  (cudnn, then pallas, on a GPU; xla elsewhere). `explain(...)` says which one runs and why.
+  (cudnn, then pallas, on a GPU; xla elsewhere: the cpu kernel is asked for by name, see
+  `choose`). `explain(...)` says which one runs and why.
 
 An implementation asked for by name that cannot honour an argument raises, naming it; none
 drops a mask, bias, window, length or any other argument.
@@ -20,9 +24,14 @@ import inspect
 import jax
 import jax.numpy as jnp
 
-from attention_zoo import validation
+from attention_zoo import cpu_kernel, validation
 
-IMPLEMENTATIONS = ("xla", "cudnn", "pallas")
+IMPLEMENTATIONS = ("xla", "cudnn", "pallas", "cpu")
+# The call's arguments beyond query, key, value, scale and is_causal (not the options of
+# the xla code, such as chunked's chunk sizes).
+CALL_ARGUMENTS = frozenset({
+    "bias", "mask", "segment_ids", "query_seq_lengths", "key_value_seq_lengths",
+    "local_window_size", "logit_soft_cap", "sinks", "score_mod", "mask_mod", "return_residual"})
 PALLAS_BLOCK = 64  # the Pallas kernel's block rows (lengths are padded to a multiple)
 
 
@@ -49,16 +58,24 @@ def refusals(implementation: str, dims, dtype, call: dict) -> list[str]:
     if dims.H % 8 or dims.H > 128:
       out.append(f"head dim {dims.H} (cudnn takes multiples of 8 up to 128)")
   if implementation == "pallas":
-    out += [f"{a} (the Pallas kernel takes causal and segment ids only)" for a in sorted(
-        given & {"bias", "mask", "query_seq_lengths", "key_value_seq_lengths",
-                 "local_window_size", "logit_soft_cap", "sinks", "score_mod", "mask_mod",
-                 "return_residual"})]
+    out += [f"{a} (the Pallas kernel takes causal and segment ids only)"
+            for a in sorted(given & CALL_ARGUMENTS - {"segment_ids"})]
     if call.get("segment_ids") is not None and dims.T != dims.S:
       out.append(f"segment_ids with T={dims.T} != S={dims.S} (one id array for both)")
     if dims.T != dims.S and (dims.T % PALLAS_BLOCK or dims.S % PALLAS_BLOCK
                              or dims.S % (dims.T // PALLAS_BLOCK)):
       out.append(f"T={dims.T}, S={dims.S}: unequal lengths must be multiples of "
                  f"{PALLAS_BLOCK} and S split into as many blocks as T (its fused backward)")
+  if implementation == "cpu":
+    out += [f"{a} (the cpu kernel takes causal masking and grouped heads only)"
+            for a in sorted(given & CALL_ARGUMENTS)]
+    if jax.default_backend() != "cpu":
+      out.append(f"platform {jax.default_backend()!r} (the cpu kernel runs on the CPU)")
+    if jnp.dtype(dtype) != jnp.dtype(jnp.float32):
+      out.append(f"dtype {jnp.dtype(dtype).name} (the cpu kernel takes float32)")
+    why = cpu_kernel.unavailable()
+    if why:
+      out.append(f"this machine: {why}")
   return out
 
 
@@ -73,7 +90,10 @@ def choose(variant: str, implementation, dims, dtype, call: dict) -> tuple[str, 
                                 f"does not support: {'; '.join(refused)}")
     return implementation, "asked for by name"
   if jax.default_backend() != "gpu":
-    return "xla", f"platform {jax.default_backend()!r}: xla is the fast one off a GPU"
+    # The cpu kernel is faster at long lengths (README) but is compiled on first use and
+    # not yet measured on every CPU kind and at the models' small shapes: asked for by name.
+    return "xla", (f"platform {jax.default_backend()!r}: xla off a GPU; the fused cpu kernel "
+                   "runs when asked for by name")
   skipped = []
   for candidate in ("cudnn", "pallas"):
     refused = refusals(candidate, dims, dtype, call)
@@ -116,6 +136,8 @@ def dispatching(variant: str, check_options=None):
 def run(implementation: str, query, key, value, bias, mask, *, scale, is_causal, segment_ids,
         **call):
   """The call on the chosen non-xla implementation (`choose` has checked it honours it)."""
+  if implementation == "cpu":
+    return cpu_kernel.flash(query, key, value, scale, is_causal)
   if implementation == "cudnn":
     return jax.nn.dot_product_attention(
         query, key, value, bias, mask, scale=scale, is_causal=is_causal, implementation="cudnn",

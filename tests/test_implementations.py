@@ -1,5 +1,6 @@
 """The `implementation` option of softmax and chunked: Pallas's flash kernel (interpret mode
-off a GPU) against the oracle, refusals naming the argument, `explain`, and cuDNN on a GPU."""
+off a GPU) and the fused CPU kernel against the oracle, refusals naming the argument,
+`explain`, and cuDNN on a GPU."""
 
 import jax
 import jax.numpy as jnp
@@ -7,7 +8,7 @@ import numpy as np
 import pytest
 
 import attention_zoo
-from attention_zoo import implementations, registry
+from attention_zoo import cpu_kernel, implementations, registry
 from tests import oracle
 
 NAMES = [n for n in attention_zoo.names() if "implementation" in attention_zoo.options(n)]
@@ -68,12 +69,81 @@ REFUSED = dict(bias=jnp.zeros((1, 1, 8, 8)), mask=jnp.ones((1, 1, 8, 8), bool),
                return_residual=True)
 
 
+@pytest.mark.parametrize("implementation", ["pallas", "cpu"])
 @pytest.mark.parametrize("argument", sorted(REFUSED))
-def test_pallas_refuses_what_its_kernel_cannot_honour(argument):
+def test_kernels_refuse_what_they_cannot_honour(implementation, argument):
   q, k, v = _arrays(1, 8, 8, 2, 1, 8)
   with pytest.raises(NotImplementedError, match=f"^chunked attention with implementation="
-                                                f"'pallas' does not support: {argument}"):
-    attention_zoo.get("chunked", implementation="pallas")(q, k, v, **{argument: REFUSED[argument]})
+                                                f"'{implementation}' does not support: "
+                                                f"{argument}"):
+    attention_zoo.get("chunked", implementation=implementation)(
+        q, k, v, **{argument: REFUSED[argument]})
+
+
+CPU_KERNEL = pytest.mark.skipif(cpu_kernel.unavailable() is not None or
+                                jax.default_backend() != "cpu",
+                                reason=f"the cpu kernel: {cpu_kernel.unavailable()}")
+
+
+@CPU_KERNEL
+@pytest.mark.parametrize("shape", [
+    (2, 300, 300, 4, 2, 16),  # no multiple of the forward (256) or backward (128) blocks
+    (1, 77, 530, 4, 1, 64),   # T < S, one key head for four query heads
+    (1, 530, 77, 2, 2, 12),   # T > S: under causal masking rows past S see every key
+    (1, 1, 1, 1, 1, 4)])
+@pytest.mark.parametrize("is_causal", [False, True])
+def test_cpu_kernel_matches_the_oracle(shape, is_causal):
+  """Forward and gradients against float64 attention: at most 3x the error of XLA's own
+  float32 attention (other float32 sums, base-2 scores and a 2-ulp exp2 separate them: up
+  to 2.2x measured, and XLA's own error moves by 10% from run to run; a wrong mask or a
+  missed rescaling is off by 1e-2 and more). Queries
+  scaled up so that a row's maximum moves from key block to key block (the online softmax's
+  rescaling) and the scores span a float32 exponent range."""
+  q, k, v = _arrays(*shape)
+  q = 4 * q
+  cot = jnp.asarray(np.random.default_rng(2).normal(size=q.shape), jnp.float32)
+  kernel = lambda q, k, v: attention_zoo.get("chunked", implementation="cpu")(
+      q, k, v, is_causal=is_causal)
+  xla = lambda q, k, v: oracle.reference(q, k, v, is_causal=is_causal)
+  with_grads = lambda f, *a: (f(*a), jax.grad(lambda *a: jnp.sum(f(*a) * cot), (0, 1, 2))(*a))
+  with jax.enable_x64(True):
+    want = jax.tree.map(np.asarray, with_grads(xla, *(x.astype(jnp.float64) for x in (q, k, v))))
+  err = lambda got: [float(np.abs(np.asarray(g, np.float64) - w).max())
+                     for g, w in zip(jax.tree.leaves(got), jax.tree.leaves(want))]
+  got, xla_err = err(with_grads(kernel, q, k, v)), err(with_grads(xla, q, k, v))
+  assert all(g <= 3 * max(x, 1e-7) for g, x in zip(got, xla_err)), (got, xla_err)
+
+
+@CPU_KERNEL
+def test_cpu_kernel_under_jit_and_vmap_and_with_nan():
+  q, k, v = _arrays(3, 40, 40, 2, 1, 8)
+  attend = attention_zoo.get("softmax", implementation="cpu")
+  got = jax.jit(jax.vmap(lambda q, k, v: attend(q[None], k[None], v[None], scale=0.3)[0]))
+  np.testing.assert_allclose(got(q, k, v), oracle.reference(q, k, v, scale=0.3),
+                             atol=2e-6, rtol=2e-5)
+  q = q.at[1, 5, 1, 3].set(jnp.nan)  # NaN stays in its row, as in the oracle
+  np.testing.assert_array_equal(jnp.isnan(attend(q, k, v)),
+                                jnp.isnan(oracle.reference(q, k, v)))
+  assert jnp.isnan(attend(q, k, v)).any()
+
+
+def test_cpu_kernel_checks_its_own_arguments():
+  q, k, v = _arrays(1, 8, 8, 3, 2, 8)
+  with pytest.raises(ValueError, match=r"K dividing N, got query \(1, 8, 3, 8\), key "
+                                       r"\(1, 8, 2, 8\)"):
+    cpu_kernel.flash(q, k, v, 0.5, False)
+  with pytest.raises(ValueError, match="float32 only, got query bfloat16"):
+    cpu_kernel.flash(q[:, :, :2].astype(jnp.bfloat16), k, v, 0.5, False)
+
+
+def test_cpu_kernel_refuses_other_platforms_dtypes_and_segments():
+  q, k, v = _arrays(1, 8, 8, 2, 1, 8, jnp.bfloat16)
+  with pytest.raises(NotImplementedError, match="dtype bfloat16 .the cpu kernel takes float32"):
+    attention_zoo.get("softmax", implementation="cpu")(q, k, v)
+  q, k, v = _arrays(1, 8, 8, 2, 1, 8)
+  with pytest.raises(NotImplementedError, match="does not support: segment_ids"):
+    attention_zoo.get("softmax", implementation="cpu")(q, k, v,
+                                                       segment_ids=jnp.zeros((1, 8), jnp.int32))
 
 
 @pytest.mark.parametrize("option", ["query_chunk_size", "key_chunk_size"])
@@ -91,7 +161,8 @@ def test_cudnn_off_a_gpu_refuses_and_none_chooses_xla():
   with pytest.raises(NotImplementedError, match="platform 'cpu' .*cudnn needs an NVIDIA GPU"):
     attention_zoo.get("softmax", implementation="cudnn")(q, k, v)
   assert attention_zoo.explain("chunked", q, k, v) == (
-      "chunked: xla (platform 'cpu': xla is the fast one off a GPU)")
+      "chunked: xla (platform 'cpu': xla off a GPU; the fused cpu kernel runs when asked for "
+      "by name)")
   assert attention_zoo.explain("chunked", q, k, v, implementation="pallas") == (
       "chunked: pallas (asked for by name)")
   assert attention_zoo.explain("local", q, k, v).startswith("local: its own code")

@@ -95,6 +95,7 @@ def test_wheel_installs_alone_with_jax_only(tmp_path):
   # Every library module, and no other top-level package (tests, experiments, configs).
   assert sorted(n for n in names if n.endswith(".py")) == _library_modules()
   assert {n.split("/")[0] for n in names if ".dist-info/" not in n} == {"attention_zoo"}
+  assert "attention_zoo/kernels/flash_cpu.cc" in names  # implementation="cpu" builds it
   requires = [line.split(":", 1)[1].strip() for line in metadata.splitlines()
               if line.startswith("Requires-Dist:")]
   core = [r for r in requires if "extra ==" not in r]

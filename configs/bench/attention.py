@@ -14,7 +14,8 @@ import ml_collections
 def get_config():
   c = ml_collections.ConfigDict()
   c.kind = "attention"
-  c.variants = ("chunked", "local:local_window_size=256", "linear")  # name[:option=value...]
+  c.variants = ("chunked", "chunked:implementation='cpu'",  # name[:option=value...]
+                "local:local_window_size=256", "linear")
   c.torch = True                     # time torch SDPA too, when PyTorch is installed (CPU)
   c.lengths = (1024, 2048, 4096, 8192)
   c.causal = (False, True)

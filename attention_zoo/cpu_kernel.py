@@ -1,0 +1,161 @@
+"""The fused CPU flash-attention kernel (kernels/flash_cpu.cc) as a differentiable JAX function.
+
+The C++ source is compiled on first use for the machine at hand (`-march=native`, g++ and the
+OpenBLAS of the `scipy-openblas32` package) into a cache folder keyed by the source, the
+compiler command and the CPU, then registered with XLA as two FFI targets (forward,
+backward). What it takes: float32, CPU, no mask, bias, lengths or other options beyond
+`is_causal` and `scale` (implementations.refusals lists the rest); a CPU with AVX2 and FMA.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import functools
+import hashlib
+import importlib.util
+import os
+import pathlib
+import platform
+import shutil
+import subprocess
+import tempfile
+
+import jax
+import jax.numpy as jnp
+import jaxlib
+import numpy as np
+
+SOURCE = pathlib.Path(__file__).parent / "kernels" / "flash_cpu.cc"
+# Block sizes (query rows, key columns): the fastest of those tried on an AMD EPYC (Zen 1)
+# at T = 4096, 8 heads of 64, timed interleaved in one process (README). Blocks of 256 key
+# columns ran at half speed there (forward 256 x 256: 1250 ms against 598 for 256 x 128; in
+# some processes only), which is not understood. Not measured on other CPUs.
+FORWARD_BLOCKS = (256, 128)
+BACKWARD_BLOCKS = (128, 128)
+
+
+def cpu_flags() -> set[str]:
+  try:
+    text = pathlib.Path("/proc/cpuinfo").read_text()
+  except OSError:
+    return set()
+  line = next((l for l in text.splitlines() if l.startswith("flags")), "")
+  return set(line.split(":", 1)[-1].split())
+
+
+def unavailable() -> str | None:
+  """Why the kernel cannot run on this machine (None if it can)."""
+  if platform.machine() not in ("x86_64", "AMD64"):
+    return f"machine {platform.machine()} (the kernel is written for x86-64 with AVX2)"
+  if not {"avx2", "fma"} <= cpu_flags():
+    return "a CPU without AVX2 and FMA"
+  if importlib.util.find_spec("scipy_openblas32") is None:
+    return "no scipy-openblas32 (pip install 'attention-zoo[cpu]')"
+  if shutil.which(os.environ.get("CXX", "g++")) is None:
+    return f"no C++ compiler ({os.environ.get('CXX', 'g++')}) to build it with"
+  return None
+
+
+def _cache_dir() -> pathlib.Path:
+  root = os.environ.get("XDG_CACHE_HOME") or pathlib.Path.home() / ".cache"
+  return pathlib.Path(root) / "attention_zoo"
+
+
+def _build_command(output: pathlib.Path) -> list[str]:
+  import scipy_openblas32 as openblas  # the BLAS the kernel links (a declared dependency)
+  lib = openblas.get_lib_dir()
+  return [os.environ.get("CXX", "g++"), "-O3", "-march=native", "-fopenmp", "-std=c++17",
+          "-shared", "-fPIC", f"-I{jax.ffi.include_dir()}", f"-I{openblas.get_include_dir()}",
+          str(SOURCE), f"-L{lib}", f"-l{openblas.get_library()}", f"-Wl,-rpath,{lib}",
+          "-o", str(output)]
+
+
+@functools.cache
+def library() -> ctypes.CDLL:
+  """Builds the kernel for this machine (once; cached on disk) and registers its targets."""
+  why = unavailable()
+  if why:
+    raise RuntimeError(f"the CPU flash kernel cannot run here: {why}")
+  cpu = next((l for l in pathlib.Path("/proc/cpuinfo").read_text().splitlines()
+              if l.startswith("model name")), platform.processor())
+  compiler = subprocess.run([_build_command(pathlib.Path())[0], "--version"],
+                            capture_output=True, text=True).stdout
+  key = hashlib.sha256("\n".join([
+      SOURCE.read_text(), " ".join(_build_command(pathlib.Path("out"))), compiler, cpu,
+      " ".join(sorted(cpu_flags())), jax.__version__, jaxlib.__version__]).encode())
+  path = _cache_dir() / f"flash_cpu-{key.hexdigest()[:16]}.so"
+  if not path.exists():
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(dir=path.parent) as tmp:  # then one atomic rename
+      built = pathlib.Path(tmp) / path.name
+      done = subprocess.run(_build_command(built), capture_output=True, text=True)
+      if done.returncode:
+        raise RuntimeError(f"building the CPU flash kernel failed:\n{done.stderr[-4000:]}")
+      os.replace(built, path)
+  lib = ctypes.cdll.LoadLibrary(str(path))
+  for target, symbol in (("attention_zoo_flash_forward", lib.FlashForwardHandler),
+                         ("attention_zoo_flash_backward", lib.FlashBackwardHandler)):
+    jax.ffi.register_ffi_target(target, jax.ffi.pycapsule(symbol), platform="cpu")
+  return lib
+
+
+def _threads() -> int:
+  cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+  return min(cores, 64)  # the OpenBLAS build's MAX_THREADS: one sgemm per thread at a time
+
+
+def _attrs(scale, is_causal, blocks):
+  return dict(scale=np.float32(scale), causal=bool(is_causal), block_q=np.int64(blocks[0]),
+              block_k=np.int64(blocks[1]), threads=np.int64(_threads()))
+
+
+def _forward(q, k, v, scale, is_causal):
+  library()
+  B, T, N, _ = q.shape
+  out, lse = jax.ffi.ffi_call(
+      "attention_zoo_flash_forward",
+      (jax.ShapeDtypeStruct(q.shape, jnp.float32), jax.ShapeDtypeStruct((B, N, T), jnp.float32)),
+      vmap_method="sequential")(q, k, v, **_attrs(scale, is_causal, FORWARD_BLOCKS))
+  return out, lse
+
+
+def flash(q, k, v, scale: float, is_causal: bool):
+  """softmax(scale q k^T) v over [B, T, N, H] queries, [B, S, K, H] keys and values (K
+  divides N), float32; causal masking top-left aligned, as jax.nn.dot_product_attention.
+  Differentiable in reverse mode (its backward is a kernel too), not in forward mode.
+  `softmax`/`chunked` with implementation="cpu" call it after their own checks."""
+  if q.ndim != 4 or k.ndim != 4 or k.shape != v.shape or q.shape[0] != k.shape[0] \
+      or q.shape[3] != k.shape[3] or k.shape[2] == 0 or q.shape[2] % k.shape[2] \
+      or k.shape[1] == 0:
+    raise ValueError(f"cpu_kernel.flash: query [B, T, N, H], key and value [B, S>0, K, H] with "
+                     f"K dividing N, got query {q.shape}, key {k.shape}, value {v.shape}")
+  if {x.dtype for x in (q, k, v)} != {jnp.dtype(jnp.float32)}:
+    raise ValueError(f"cpu_kernel.flash: float32 only, got query {q.dtype}, key {k.dtype}, "
+                     f"value {v.dtype}")
+  return _flash(q, k, v, float(scale), bool(is_causal))
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(3, 4))
+def _flash(q, k, v, scale: float, is_causal: bool):
+  return _forward(q, k, v, scale, is_causal)[0]
+
+
+def _flash_fwd(q, k, v, scale, is_causal):
+  out, lse = _forward(q, k, v, scale, is_causal)
+  return out, (q, k, v, out, lse)
+
+
+def _flash_bwd(scale, is_causal, residuals, d_out):
+  library()
+  q, k, v, out, lse = residuals
+  (B, T, N, H), S, K = q.shape, k.shape[1], k.shape[2]
+  per_head = jax.ShapeDtypeStruct((B, S, N, H), jnp.float32)
+  dq, dk, dv = jax.ffi.ffi_call(
+      "attention_zoo_flash_backward", (jax.ShapeDtypeStruct(q.shape, jnp.float32), per_head,
+                                       per_head), vmap_method="sequential")(
+      q, k, v, out, lse, d_out.astype(jnp.float32), **_attrs(scale, is_causal, BACKWARD_BLOCKS))
+  group_sum = lambda x: x.reshape(B, S, K, N // K, H).sum(3)  # query heads -> their key head
+  return dq, group_sum(dk), group_sum(dv)
+
+
+_flash.defvjp(_flash_fwd, _flash_bwd)
