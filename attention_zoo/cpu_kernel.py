@@ -51,9 +51,13 @@ def unavailable() -> str | None:
     return "a CPU without AVX2 and FMA"
   if importlib.util.find_spec("scipy_openblas32") is None:
     return "no scipy-openblas32 (pip install 'attention-zoo[cpu]')"
-  if shutil.which(os.environ.get("CXX", "g++")) is None:
-    return f"no C++ compiler ({os.environ.get('CXX', 'g++')}) to build it with"
+  if shutil.which(_compiler()) is None:
+    return f"no C++ compiler ({_compiler()}) to build it with"
   return None
+
+
+def _compiler() -> str:
+  return os.environ.get("CXX", "g++")
 
 
 def _cache_dir() -> pathlib.Path:
@@ -64,7 +68,7 @@ def _cache_dir() -> pathlib.Path:
 def _build_command(output: pathlib.Path) -> list[str]:
   import scipy_openblas32 as openblas  # the BLAS the kernel links (a declared dependency)
   lib = openblas.get_lib_dir()
-  return [os.environ.get("CXX", "g++"), "-O3", "-march=native", "-fopenmp", "-std=c++17",
+  return [_compiler(), "-O3", "-march=native", "-fopenmp", "-std=c++17",
           "-shared", "-fPIC", f"-I{jax.ffi.include_dir()}", f"-I{openblas.get_include_dir()}",
           str(SOURCE), f"-L{lib}", f"-l{openblas.get_library()}", f"-Wl,-rpath,{lib}",
           "-o", str(output)]
@@ -78,7 +82,7 @@ def library() -> ctypes.CDLL:
     raise RuntimeError(f"the CPU flash kernel cannot run here: {why}")
   cpu = next((l for l in pathlib.Path("/proc/cpuinfo").read_text().splitlines()
               if l.startswith("model name")), platform.processor())
-  compiler = subprocess.run([_build_command(pathlib.Path())[0], "--version"],
+  compiler = subprocess.run([_compiler(), "--version"],
                             capture_output=True, text=True).stdout
   key = hashlib.sha256("\n".join([
       SOURCE.read_text(), " ".join(_build_command(pathlib.Path("out"))), compiler, cpu,
