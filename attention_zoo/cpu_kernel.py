@@ -50,7 +50,7 @@ def unavailable() -> str | None:
   if not {"avx2", "fma"} <= cpu_flags():
     return "a CPU without AVX2 and FMA"
   if importlib.util.find_spec("scipy_openblas32") is None:
-    return "no scipy-openblas32 (pip install 'attention-zoo[cpu]')"
+    return "no scipy-openblas32 (the extra `cpu`: pip install '.[cpu]' in the checkout)"
   if shutil.which(_compiler()) is None:
     return f"no C++ compiler ({_compiler()}) to build it with"
   return None
