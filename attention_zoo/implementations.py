@@ -90,8 +90,9 @@ def choose(variant: str, implementation, dims, dtype, call: dict) -> tuple[str, 
                                 f"does not support: {'; '.join(refused)}")
     return implementation, "asked for by name"
   if jax.default_backend() != "gpu":
-    # The cpu kernel is faster at long lengths (README) but is compiled on first use and
-    # not yet measured on every CPU kind and at the models' small shapes: asked for by name.
+    # The cpu kernel is faster than xla here at every shape measured (README), but it has no
+    # forward-mode derivative (jax.jvp raises) and is compiled on first use, so it is not
+    # a default a caller could meet unawares: asked for by name.
     return "xla", (f"platform {jax.default_backend()!r}: xla off a GPU; the fused cpu kernel "
                    "runs when asked for by name")
   skipped = []
