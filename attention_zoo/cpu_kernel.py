@@ -25,6 +25,8 @@ import jax.numpy as jnp
 import jaxlib
 import numpy as np
 
+from attention_zoo import validation
+
 SOURCE = pathlib.Path(__file__).parent / "kernels" / "flash_cpu.cc"
 # Block sizes (query rows, key columns): the fastest of those tried on an AMD EPYC (Zen 1)
 # at T = 4096, 8 heads of 64, timed interleaved in one process (README). Blocks of 256 key
@@ -34,13 +36,17 @@ FORWARD_BLOCKS = (256, 128)
 BACKWARD_BLOCKS = (128, 128)
 
 
-def cpu_flags() -> set[str]:
+def _cpuinfo(field: str) -> str:
+  """The first `field` line's value in /proc/cpuinfo ("" where there is none)."""
   try:
-    text = pathlib.Path("/proc/cpuinfo").read_text()
+    lines = pathlib.Path("/proc/cpuinfo").read_text().splitlines()
   except OSError:
-    return set()
-  line = next((l for l in text.splitlines() if l.startswith("flags")), "")
-  return set(line.split(":", 1)[-1].split())
+    return ""
+  return next((l.split(":", 1)[-1].strip() for l in lines if l.startswith(field)), "")
+
+
+def cpu_flags() -> set[str]:
+  return set(_cpuinfo("flags").split())
 
 
 def unavailable() -> str | None:
@@ -80,8 +86,7 @@ def library() -> ctypes.CDLL:
   why = unavailable()
   if why:
     raise RuntimeError(f"the CPU flash kernel cannot run here: {why}")
-  cpu = next((l for l in pathlib.Path("/proc/cpuinfo").read_text().splitlines()
-              if l.startswith("model name")), platform.processor())
+  cpu = _cpuinfo("model name") or platform.processor()
   compiler = subprocess.run([_compiler(), "--version"],
                             capture_output=True, text=True).stdout
   key = hashlib.sha256("\n".join([
@@ -128,14 +133,9 @@ def flash(q, k, v, scale: float, is_causal: bool):
   divides N), float32; causal masking top-left aligned, as jax.nn.dot_product_attention.
   Differentiable in reverse mode (its backward is a kernel too), not in forward mode.
   `softmax`/`chunked` with implementation="cpu" call it after their own checks."""
-  if q.ndim != 4 or k.ndim != 4 or k.shape != v.shape or q.shape[0] != k.shape[0] \
-      or q.shape[3] != k.shape[3] or k.shape[2] == 0 or q.shape[2] % k.shape[2] \
-      or k.shape[1] == 0:
-    raise ValueError(f"cpu_kernel.flash: query [B, T, N, H], key and value [B, S>0, K, H] with "
-                     f"K dividing N, got query {q.shape}, key {k.shape}, value {v.shape}")
-  if {x.dtype for x in (q, k, v)} != {jnp.dtype(jnp.float32)}:
-    raise ValueError(f"cpu_kernel.flash: float32 only, got query {q.dtype}, key {k.dtype}, "
-                     f"value {v.dtype}")
+  validation.check_inputs("cpu_kernel.flash", q, k, v)  # the variants' shape contract
+  if q.dtype != jnp.float32:
+    raise ValueError(f"cpu_kernel.flash: float32 only, got {q.dtype}")
   return _flash(q, k, v, float(scale), bool(is_causal))
 
 

@@ -96,9 +96,9 @@ def test_cpu_kernel_matches_the_oracle(shape, is_causal):
   """Forward and gradients against float64 attention: at most 3x the error of XLA's own
   float32 attention (other float32 sums, base-2 scores and a 2-ulp exp2 separate them: up
   to 2.2x measured, and XLA's own error moves by 10% from run to run; a wrong mask or a
-  missed rescaling is off by 1e-2 and more). Queries
-  scaled up so that a row's maximum moves from key block to key block (the online softmax's
-  rescaling) and the scores span a float32 exponent range."""
+  missed rescaling is off by 1e-2 and more). Queries scaled up so that a row's maximum
+  moves from key block to key block (the online softmax's rescaling) and the scores span a
+  float32 exponent range."""
   q, k, v = _arrays(*shape)
   q = 4 * q
   cot = jnp.asarray(np.random.default_rng(2).normal(size=q.shape), jnp.float32)
@@ -129,11 +129,11 @@ def test_cpu_kernel_under_jit_and_vmap_and_with_nan():
 
 def test_cpu_kernel_checks_its_own_arguments():
   q, k, v = _arrays(1, 8, 8, 3, 2, 8)
-  with pytest.raises(ValueError, match=r"K dividing N, got query \(1, 8, 3, 8\), key "
-                                       r"\(1, 8, 2, 8\)"):
+  with pytest.raises(ValueError, match=r"^cpu_kernel.flash: query heads N=3 must be a multiple "
+                                       r"of key/value heads K=2: query \(1, 8, 3, 8\)"):
     cpu_kernel.flash(q, k, v, 0.5, False)
-  with pytest.raises(ValueError, match="float32 only, got query bfloat16"):
-    cpu_kernel.flash(q[:, :, :2].astype(jnp.bfloat16), k, v, 0.5, False)
+  with pytest.raises(ValueError, match="^cpu_kernel.flash: float32 only, got bfloat16"):
+    cpu_kernel.flash(*(x.astype(jnp.bfloat16) for x in (q[:, :, :2], k, v)), 0.5, False)
 
 
 def test_cpu_kernel_refuses_other_platforms_dtypes_and_segments():

@@ -14,7 +14,6 @@
 #include <vector>
 
 #include <immintrin.h>
-#include <omp.h>
 
 #include "cblas.h"
 #include "xla/ffi/api/ffi.h"
