@@ -1,9 +1,8 @@
 """The fused CPU flash-attention kernel (kernels/flash_cpu.cc) as a differentiable JAX function.
 
-The C++ source is compiled on first use for the machine at hand (`-march=native`, g++ and the
-OpenBLAS of the `scipy-openblas32` package) into a cache folder keyed by the source, the
-compiler command and the CPU, then registered with XLA as two FFI targets (forward,
-backward). What it takes: float32, CPU, no mask, bias, lengths or other options beyond
+The C++ source (its own AVX2 micro-kernels: no BLAS) is compiled on first use for the
+machine at hand (g++ `-march=native`) into a cache folder keyed by the source, the compiler
+command and the CPU, then registered with XLA as two FFI targets (forward, backward). What it takes: float32, CPU, no mask, bias, lengths or other options beyond
 `is_causal` and `scale` (implementations.refusals lists the rest); a CPU with AVX2 and FMA.
 """
 
@@ -12,7 +11,6 @@ from __future__ import annotations
 import ctypes
 import functools
 import hashlib
-import importlib.util
 import os
 import pathlib
 import platform
@@ -55,8 +53,6 @@ def unavailable() -> str | None:
     return f"machine {platform.machine()} (the kernel is written for x86-64 with AVX2)"
   if not {"avx2", "fma"} <= cpu_flags():
     return "a CPU without AVX2 and FMA"
-  if importlib.util.find_spec("scipy_openblas32") is None:
-    return "no scipy-openblas32 (the extra `cpu`: pip install '.[cpu]' in the checkout)"
   if shutil.which(_compiler()) is None:
     return f"no C++ compiler ({_compiler()}) to build it with"
   return None
@@ -72,12 +68,8 @@ def _cache_dir() -> pathlib.Path:
 
 
 def _build_command(output: pathlib.Path) -> list[str]:
-  import scipy_openblas32 as openblas  # the BLAS the kernel links (a declared dependency)
-  lib = openblas.get_lib_dir()
-  return [_compiler(), "-O3", "-march=native", "-fopenmp", "-std=c++17",
-          "-shared", "-fPIC", f"-I{jax.ffi.include_dir()}", f"-I{openblas.get_include_dir()}",
-          str(SOURCE), f"-L{lib}", f"-l{openblas.get_library()}", f"-Wl,-rpath,{lib}",
-          "-o", str(output)]
+  return [_compiler(), "-O3", "-march=native", "-fopenmp", "-std=c++17", "-shared", "-fPIC",
+          f"-I{jax.ffi.include_dir()}", str(SOURCE), "-o", str(output)]
 
 
 @functools.cache
@@ -109,8 +101,7 @@ def library() -> ctypes.CDLL:
 
 
 def _threads() -> int:
-  cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
-  return min(cores, 64)  # the OpenBLAS build's MAX_THREADS: one sgemm per thread at a time
+  return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
 
 
 def _attrs(scale, is_causal, blocks):

@@ -4,10 +4,11 @@
 // jax.nn.dot_product_attention) or not.
 //
 // Why a kernel of our own: XLA's block products and the softmax between them are separate
-// loops over memory; here each (batch, head, query block) keeps its scores in cache between
-// the two products, which are OpenBLAS sgemm calls on strided views (no copies of ours), and
-// the exponentials are a vectorised exp2 (the scale times log2(e) is folded into the first
-// product). Scores are in base 2 throughout; the log-sum-exp saved for the backward is too.
+// loops over memory; here each panel of six query rows takes its scores, softmax and output
+// update while they are in L1, the products are register-blocked AVX2 micro-kernels on key
+// and value blocks packed once per query block, and the exponentials are a vectorised exp2
+// (the scale times log2(e) is folded into the packed keys). Scores are in base 2 throughout;
+// the log-sum-exp saved for the backward is too.
 #include <algorithm>
 #include <cmath>
 #include <cstdint>
@@ -15,7 +16,6 @@
 
 #include <immintrin.h>
 
-#include "cblas.h"
 #include "xla/ffi/api/ffi.h"
 
 namespace ffi = xla::ffi;
@@ -59,16 +59,6 @@ inline int64_t visible(bool causal, int64_t i, int64_t k0, int64_t cols) {
   return causal ? std::clamp<int64_t>(i - k0 + 1, 0, cols) : cols;
 }
 
-// OpenBLAS threads: none of its own; the parallelism is ours (one sgemm per thread at a
-// time). Set once, when the library is loaded.
-const int kOpenBlasThreads = (scipy_openblas_set_num_threads(1), 1);
-
-// Leading dimension of a score block: a row of block_k floats plus one cache line, so that
-// the rows of a power-of-two block_k do not all fall into the same few cache sets when
-// OpenBLAS reads the block down its columns. (It is not what slows 256-column blocks on a
-// Zen 1: see cpu_kernel.py.)
-inline int64_t padded(int64_t block_k) { return block_k + 16; }
-
 struct Shape {
   int64_t B, T, S, N, K, H;
   int64_t ldq() const { return N * H; }
@@ -82,12 +72,190 @@ Shape shape_of(const Buf& q, const Buf& k) {
   return {dq[0], dq[1], dk[1], dq[2], dk[2], dq[3]};
 }
 
+// Every block product is a register-blocked micro-kernel of our own (OpenBLAS's sgemm, used
+// before, packed the query block again for every key block, and its speed depended on the
+// process's history). A micro-tile is kRows rows by kCols = 16 columns, 12 of the 16 AVX2
+// registers accumulating: per step two aligned loads of the packed operand, kRows broadcasts
+// and 2 kRows FMAs. (The `unroll` pragmas on the row loops let GCC keep the accumulators in
+// registers: without them it stored every accumulator to the stack after each FMA.)
+constexpr int64_t kRows = 6, kCols = 16;
+
+inline int64_t round_up(int64_t x, int64_t m) { return (x + m - 1) / m * m; }
+
+// s[R x 16] = q[R rows, stride ldq] . kt, a packed panel of K^T ([H][16], scaled).
+template <int R>
+inline void score_tile(const float* q, int64_t ldq, const float* kt, int64_t H, float* s,
+                       int64_t lds) {
+  __m256 c[R][2];
+  #pragma GCC unroll 8
+  for (int r = 0; r < R; ++r) c[r][0] = c[r][1] = _mm256_setzero_ps();
+#pragma GCC unroll 4
+  for (int64_t h = 0; h < H; ++h) {
+    const __m256 b0 = _mm256_load_ps(kt + h * kCols), b1 = _mm256_load_ps(kt + h * kCols + 8);
+    #pragma GCC unroll 8
+    for (int r = 0; r < R; ++r) {
+      const __m256 a = _mm256_broadcast_ss(q + r * ldq + h);
+      c[r][0] = _mm256_fmadd_ps(a, b0, c[r][0]);
+      c[r][1] = _mm256_fmadd_ps(a, b1, c[r][1]);
+    }
+  }
+  #pragma GCC unroll 8
+  for (int r = 0; r < R; ++r) {
+    _mm256_storeu_ps(s + r * lds, c[r][0]);
+    _mm256_storeu_ps(s + r * lds + 8, c[r][1]);
+  }
+}
+
+// c[R x 16] = c * rescale (per row) + A . b over n steps, where A(r, x) = a[r a_row + x a_step]
+// (a row-major block, or a transposed one) and b is packed [n][ldb] at its column.
+template <int R>
+inline void product_tile(const float* a, int64_t a_row, int64_t a_step, const float* b,
+                         int64_t ldb, int64_t n, const float* rescale, float* c, int64_t ldc) {
+  __m256 acc[R][2];
+  #pragma GCC unroll 8
+  for (int r = 0; r < R; ++r) {
+    const __m256 f = _mm256_broadcast_ss(rescale + r);
+    acc[r][0] = _mm256_mul_ps(f, _mm256_load_ps(c + r * ldc));
+    acc[r][1] = _mm256_mul_ps(f, _mm256_load_ps(c + r * ldc + 8));
+  }
+#pragma GCC unroll 4
+  for (int64_t x = 0; x < n; ++x) {
+    const __m256 b0 = _mm256_load_ps(b + x * ldb), b1 = _mm256_load_ps(b + x * ldb + 8);
+    #pragma GCC unroll 8
+    for (int r = 0; r < R; ++r) {
+      const __m256 ar = _mm256_broadcast_ss(a + r * a_row + x * a_step);
+      acc[r][0] = _mm256_fmadd_ps(ar, b0, acc[r][0]);
+      acc[r][1] = _mm256_fmadd_ps(ar, b1, acc[r][1]);
+    }
+  }
+  #pragma GCC unroll 8
+  for (int r = 0; r < R; ++r) {
+    _mm256_store_ps(c + r * ldc, acc[r][0]);
+    _mm256_store_ps(c + r * ldc + 8, acc[r][1]);
+  }
+}
+
+constexpr float kOnes[kRows] = {1.f, 1.f, 1.f, 1.f, 1.f, 1.f};
+
+// c[rows x Hp] = c * rescale + A . b for every 16-column panel of c, dispatched on the rows.
+inline void product(int64_t rows, const float* a, int64_t a_row, int64_t a_step, const float* b,
+                    int64_t Hp, int64_t n, const float* rescale, float* c) {
+  for (int64_t h0 = 0; h0 < Hp; h0 += kCols) {
+    switch (rows) {
+#define ZOO_CASE(R) \
+  case R: product_tile<R>(a, a_row, a_step, b + h0, Hp, n, rescale, c + h0, Hp); break;
+      ZOO_CASE(1) ZOO_CASE(2) ZOO_CASE(3) ZOO_CASE(4) ZOO_CASE(5) ZOO_CASE(6)
+#undef ZOO_CASE
+    }
+  }
+}
+
+// s[rows x 16 tiles] = q[rows, stride ldq] . kt (packed K^T panels), dispatched on the rows.
+inline void scores(int64_t rows, const float* q, int64_t ldq, const float* kt, int64_t H,
+                   int64_t tiles, float* s, int64_t lds) {
+  for (int64_t t = 0; t < tiles; ++t) {
+    const float* panel = kt + t * H * kCols;
+    switch (rows) {
+#define ZOO_CASE(R) case R: score_tile<R>(q, ldq, panel, H, s + t * kCols, lds); break;
+      ZOO_CASE(1) ZOO_CASE(2) ZOO_CASE(3) ZOO_CASE(4) ZOO_CASE(5) ZOO_CASE(6)
+#undef ZOO_CASE
+    }
+  }
+}
+
+// Packs rows [n, ld] times `factor` as K^T-style panels [n / 16][H][16] (zero past n).
+inline void pack_transposed(const float* src, int64_t ld, int64_t n, int64_t H, float factor,
+                            float* dst) {
+  std::fill(dst, dst + round_up(n, kCols) * H, 0.f);
+  for (int64_t j = 0; j < n; ++j) {
+    float* to = dst + j / kCols * H * kCols + j % kCols;
+    for (int64_t h = 0; h < H; ++h) to[h * kCols] = factor * src[j * ld + h];
+  }
+}
+
+// Packs rows [n, ld] as [n][Hp] (zero past H).
+inline void pack_rows(const float* src, int64_t ld, int64_t n, int64_t H, int64_t Hp,
+                      float* dst) {
+  for (int64_t j = 0; j < n; ++j) {
+    std::copy(src + j * ld, src + j * ld + H, dst + j * Hp);
+    std::fill(dst + j * Hp + H, dst + (j + 1) * Hp, 0.f);
+  }
+}
+
+// n floats, 32-byte aligned for the micro-kernels' aligned loads (per thread).
+struct Aligned {
+  explicit Aligned(int64_t n) : v(n + 8) {}
+  float* get() {
+    return reinterpret_cast<float*>((reinterpret_cast<uintptr_t>(v.data()) + 31) & ~uintptr_t{31});
+  }
+  std::vector<float> v;
+};
+
+// Scores to probabilities in place for one row: si[0, seen) are this key block's visible
+// scores (base 2), m and l the row's running maximum and sum. Returns the factor by which the
+// row's accumulated output shrinks; zeroes si[seen, width).
+inline float softmax_row(float* si, int64_t seen, int64_t width, float& m, float& l) {
+  if (seen == 0) {  // a causal row before this block: nothing to add
+    std::fill(si, si + width, 0.f);
+    return 1.f;
+  }
+  // The row maximum; a NaN score (a NaN in q or k) makes it NaN, and so the row's output
+  // and log-sum-exp, as in the oracle (max alone would drop it).
+  __m256 vmax = _mm256_set1_ps(-INFINITY), vnan = _mm256_setzero_ps();
+  int64_t j = 0;
+  for (; j + 8 <= seen; j += 8) {
+    const __m256 x = _mm256_loadu_ps(si + j);
+    vmax = _mm256_max_ps(vmax, x);
+    vnan = _mm256_or_ps(vnan, _mm256_cmp_ps(x, x, _CMP_UNORD_Q));
+  }
+  float mx = std::max(m, hmax(vmax));
+  bool nan = _mm256_movemask_ps(vnan) != 0 || std::isnan(m);
+  for (; j < seen; ++j) {
+    mx = std::max(mx, si[j]);
+    nan |= std::isnan(si[j]);
+  }
+  if (nan) mx = NAN;
+  const __m256 vm = _mm256_set1_ps(mx);
+  __m256 vsum = _mm256_setzero_ps();
+  for (j = 0; j + 8 <= seen; j += 8) {
+    const __m256 p = exp2_8(_mm256_sub_ps(_mm256_loadu_ps(si + j), vm));
+    _mm256_storeu_ps(si + j, p);
+    vsum = _mm256_add_ps(vsum, p);
+  }
+  float sum = hsum(vsum);
+  for (; j < seen; ++j) sum += (si[j] = std::exp2(si[j] - mx));
+  std::fill(si + seen, si + width, 0.f);
+  const float c = std::exp2(m - mx);  // 0 on the first block (m = -inf)
+  l = l * c + sum;
+  m = mx;
+  return c;
+}
+
+// One panel of `rows` query rows (absolute row i0) against a packed key block: scores,
+// softmax, then acc += P V. Only the columns some row of the panel sees are computed.
+inline void forward_panel(int64_t rows, const float* q, int64_t ldq, const float* kt,
+                          const float* vb, int64_t H, int64_t Hp, bool causal, int64_t i0,
+                          int64_t k0, int64_t cols, float* s, int64_t lds, float* m, float* l,
+                          float* acc) {
+  const int64_t width = visible(causal, i0 + rows - 1, k0, cols);  // the last row sees most
+  if (width == 0) return;
+  scores(rows, q, ldq, kt, H, (width + kCols - 1) / kCols, s, lds);
+  float rescale[kRows];
+  for (int64_t r = 0; r < rows; ++r)
+    rescale[r] = softmax_row(s + r * lds, visible(causal, i0 + r, k0, cols), width, m[r], l[r]);
+  product(rows, s, lds, 1, vb, Hp, width, rescale, acc);
+}
+
+// Per (batch, head, block_q query rows): per key block, K^T (times the scale in base 2) and V
+// are packed into 16-column panels (zero past the block and past H), then each kRows-row
+// panel of the query block takes its scores, softmax and output update while they are in L1.
 ffi::Error FlashForward(ffi::Buffer<ffi::F32> q, ffi::Buffer<ffi::F32> k,
                         ffi::Buffer<ffi::F32> v, ffi::ResultBuffer<ffi::F32> out,
                         ffi::ResultBuffer<ffi::F32> lse, float scale, bool causal,
                         int64_t block_q, int64_t block_k, int64_t threads) {
   const Shape d = shape_of(q, k);
   const int64_t H = d.H, ldq = d.ldq(), ldk = d.ldk(), group = d.N / d.K;
+  const int64_t Hp = round_up(H, kCols), bk = round_up(block_k, kCols);
   const float* Q = q.typed_data();
   const float* Kp = k.typed_data();
   const float* V = v.typed_data();
@@ -98,71 +266,36 @@ ffi::Error FlashForward(ffi::Buffer<ffi::F32> q, ffi::Buffer<ffi::F32> k,
   const int64_t tasks = d.B * d.N * nq;
 #pragma omp parallel num_threads(threads)
   {
-    const int64_t lds = padded(block_k);
-    std::vector<float> s(block_q * lds), acc(block_q * H), m(block_q), l(block_q);
+    const int64_t lds = bk;
+    Aligned kt_(bk * H), vb_(bk * Hp), acc_(block_q * Hp);
+    float *kt = kt_.get(), *vb = vb_.get(), *acc = acc_.get();
+    std::vector<float> s(kRows * lds), m(block_q), l(block_q);
 #pragma omp for schedule(dynamic, 1)
     for (int64_t t = 0; t < tasks; ++t) {
       // Last query blocks first: under causal masking they are the longest, and the
       // short ones then fill the threads' tails.
-      const int64_t b = t / (d.N * nq), n = (t / nq) % d.N, q0 = (nq - 1 - t % nq) * block_q;
+      const int64_t b = t / (d.N * nq), n = t / nq % d.N, q0 = (nq - 1 - t % nq) * block_q;
       const int64_t rows = std::min(block_q, d.T - q0);
       const float* qp = Q + (b * d.T + q0) * ldq + n * H;
       const float* kp = Kp + b * d.S * ldk + (n / group) * H;
       const float* vp = V + b * d.S * ldk + (n / group) * H;
-      std::fill(acc.begin(), acc.end(), 0.f);
+      std::fill(acc, acc + rows * Hp, 0.f);
       std::fill(m.begin(), m.end(), -INFINITY);
       std::fill(l.begin(), l.end(), 0.f);
       const int64_t end = causal ? std::min(d.S, q0 + rows) : d.S;
       for (int64_t k0 = 0; k0 < end; k0 += block_k) {
         const int64_t cols = std::min(block_k, end - k0);
-        scipy_cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, rows, cols, H, scale2, qp, ldq,
-                    kp + k0 * ldk, ldk, 0.f, s.data(), lds);
-        for (int64_t i = 0; i < rows; ++i) {
-          float* si = s.data() + i * lds;
-          const int64_t seen = visible(causal, q0 + i, k0, cols);
-          if (seen == 0) {  // a causal row before this block: nothing to add
-            std::fill(si, si + cols, 0.f);
-            continue;
-          }
-          // The row maximum; a NaN score (a NaN in q or k) makes it NaN, and so the row's
-          // output and log-sum-exp, as in the oracle (max alone would drop it).
-          __m256 vmax = _mm256_set1_ps(-INFINITY), vnan = _mm256_setzero_ps();
-          int64_t j = 0;
-          for (; j + 8 <= seen; j += 8) {
-            const __m256 x = _mm256_loadu_ps(si + j);
-            vmax = _mm256_max_ps(vmax, x);
-            vnan = _mm256_or_ps(vnan, _mm256_cmp_ps(x, x, _CMP_UNORD_Q));
-          }
-          float mx = std::max(m[i], hmax(vmax));
-          bool nan = _mm256_movemask_ps(vnan) != 0 || std::isnan(m[i]);
-          for (; j < seen; ++j) {
-            mx = std::max(mx, si[j]);
-            nan |= std::isnan(si[j]);
-          }
-          if (nan) mx = NAN;
-          const __m256 vm = _mm256_set1_ps(mx);
-          __m256 vsum = _mm256_setzero_ps();
-          for (j = 0; j + 8 <= seen; j += 8) {
-            const __m256 p = exp2_8(_mm256_sub_ps(_mm256_loadu_ps(si + j), vm));
-            _mm256_storeu_ps(si + j, p);
-            vsum = _mm256_add_ps(vsum, p);
-          }
-          float sum = hsum(vsum);
-          for (; j < seen; ++j) sum += (si[j] = std::exp2(si[j] - mx));
-          std::fill(si + seen, si + cols, 0.f);
-          const float c = std::exp2(m[i] - mx);  // 0 on the first block (m = -inf)
-          l[i] = l[i] * c + sum;
-          m[i] = mx;
-          if (c != 1.f)
-            for (float* a = acc.data() + i * H; a != acc.data() + (i + 1) * H; ++a) *a *= c;
-        }
-        scipy_cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, rows, H, cols, 1.f, s.data(),
-                    lds, vp + k0 * ldk, ldk, 1.f, acc.data(), H);
+        pack_transposed(kp + k0 * ldk, ldk, cols, H, scale2, kt);
+        pack_rows(vp + k0 * ldk, ldk, cols, H, Hp, vb);
+        for (int64_t i = 0; i < rows; i += kRows)
+          forward_panel(std::min(kRows, rows - i), qp + i * ldq, ldq, kt, vb, H, Hp, causal,
+                        q0 + i, k0, cols, s.data(), lds, m.data() + i, l.data() + i,
+                        acc + i * Hp);
       }
       for (int64_t i = 0; i < rows; ++i) {
         const float inv = 1.f / l[i];  // every row sees key 0 (S > 0, checked in Python)
         float* op = O + (b * d.T + q0 + i) * ldq + n * H;
-        for (int64_t h = 0; h < H; ++h) op[h] = acc[i * H + h] * inv;
+        for (int64_t h = 0; h < H; ++h) op[h] = acc[i * Hp + h] * inv;
         L[(b * d.N + n) * d.T + q0 + i] = m[i] + std::log2(l[i]);
       }
     }
@@ -172,8 +305,9 @@ ffi::Error FlashForward(ffi::Buffer<ffi::F32> q, ffi::Buffer<ffi::F32> k,
 
 // Gradients by recomputation, FlashAttention-2's backward: per (batch, query head), for each
 // key block (whose dk, dv are summed in cache) over every query block that sees it:
-//   P = 2^(S - lse), dP = dO V^T, dS = P * (dP - rowsum(dO * O)),
-//   dV += P^T dO, dK += scale dS^T Q, dQ += scale dS K.
+//   P = 2^(S - lse), dP = dO V^T, dS = scale P (dP - rowsum(dO O)),
+//   dQ += dS K per kRows-row panel while its P and dS are in L1, then
+//   dV += P^T dO and dK += dS^T Q over the whole query block.
 // A task owns its head's rows of dq and of dk, dv, which are per query head ([B, S, N, H]:
 // the caller sums a group's heads), so no two threads write the same memory.
 ffi::Error FlashBackward(ffi::Buffer<ffi::F32> q, ffi::Buffer<ffi::F32> k,
@@ -184,6 +318,7 @@ ffi::Error FlashBackward(ffi::Buffer<ffi::F32> q, ffi::Buffer<ffi::F32> k,
                          int64_t block_q, int64_t block_k, int64_t threads) {
   const Shape d = shape_of(q, k);
   const int64_t H = d.H, ldq = d.ldq(), ldk = d.ldk(), group = d.N / d.K;
+  const int64_t Hp = round_up(H, kCols), bk = round_up(block_k, kCols), lds = bk + kCols;
   const float* Q = q.typed_data();
   const float* Kp = k.typed_data();
   const float* V = v.typed_data();
@@ -194,17 +329,18 @@ ffi::Error FlashBackward(ffi::Buffer<ffi::F32> q, ffi::Buffer<ffi::F32> k,
   float* dK = dk->typed_data();
   float* dV = dv->typed_data();
   const float scale2 = scale * 1.4426950408889634f;
-  const int64_t lds = padded(block_k);
 #pragma omp parallel num_threads(threads)
   {
-    std::vector<float> s(block_q * lds), dp(block_q * lds), dkb(block_k * H), dvb(block_k * H),
-        delta(d.T);
+    Aligned kt_(bk * H), vt_(bk * H), kb_(bk * Hp), qb_(block_q * Hp), dob_(block_q * Hp),
+        dkb_(bk * Hp), dvb_(bk * Hp), dqb_(kRows * Hp);
+    float *kt = kt_.get(), *vt = vt_.get(), *kb = kb_.get(), *qb = qb_.get(), *dob = dob_.get(),
+          *dkb = dkb_.get(), *dvb = dvb_.get(), *dqb = dqb_.get();
+    std::vector<float> s(block_q * lds), dp(block_q * lds), delta(d.T);
 #pragma omp for schedule(dynamic, 1)
     for (int64_t t = 0; t < d.B * d.N; ++t) {
       const int64_t b = t / d.N, n = t % d.N;
       const int64_t head = b * d.T * ldq + n * H;  // this head's [T, H] view in q, o, do, dq
       const float* qp = Q + head;
-      const float* op = O + head;
       const float* dop = dO + head;
       float* dqp = dQ + head;
       const float* kp = Kp + b * d.S * ldk + (n / group) * H;
@@ -212,52 +348,72 @@ ffi::Error FlashBackward(ffi::Buffer<ffi::F32> q, ffi::Buffer<ffi::F32> k,
       const float* lp = L + (b * d.N + n) * d.T;
       for (int64_t i = 0; i < d.T; ++i) {
         float acc = 0.f;
-        for (int64_t h = 0; h < H; ++h) acc += dop[i * ldq + h] * op[i * ldq + h];
+        for (int64_t h = 0; h < H; ++h) acc += dop[i * ldq + h] * O[head + i * ldq + h];
         delta[i] = acc;
         std::fill(dqp + i * ldq, dqp + i * ldq + H, 0.f);
       }
       for (int64_t k0 = 0; k0 < d.S; k0 += block_k) {
         const int64_t cols = std::min(block_k, d.S - k0);
-        std::fill(dkb.begin(), dkb.end(), 0.f);
-        std::fill(dvb.begin(), dvb.end(), 0.f);
+        pack_transposed(kp + k0 * ldk, ldk, cols, H, scale2, kt);
+        pack_transposed(vp + k0 * ldk, ldk, cols, H, 1.f, vt);
+        pack_rows(kp + k0 * ldk, ldk, cols, H, Hp, kb);
+        std::fill(dkb, dkb + cols * Hp, 0.f);
+        std::fill(dvb, dvb + cols * Hp, 0.f);
         // Under causal masking, query rows before k0 see nothing of this block.
         for (int64_t q0 = causal ? k0 / block_q * block_q : 0; q0 < d.T; q0 += block_q) {
           const int64_t rows = std::min(block_q, d.T - q0);
-          scipy_cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, rows, cols, H, scale2,
-                            qp + q0 * ldq, ldq, kp + k0 * ldk, ldk, 0.f, s.data(), lds);
-          scipy_cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, rows, cols, H, 1.f,
-                            dop + q0 * ldq, ldq, vp + k0 * ldk, ldk, 0.f, dp.data(), lds);
-          for (int64_t i = 0; i < rows; ++i) {
+          pack_rows(qp + q0 * ldq, ldq, rows, H, Hp, qb);
+          pack_rows(dop + q0 * ldq, ldq, rows, H, Hp, dob);
+          for (int64_t i = 0; i < rows; i += kRows) {
+            const int64_t r = std::min(kRows, rows - i), i0 = q0 + i;
             float* si = s.data() + i * lds;
             float* dpi = dp.data() + i * lds;
-            const int64_t seen = visible(causal, q0 + i, k0, cols);
-            const __m256 vl = _mm256_set1_ps(lp[q0 + i]);
-            const __m256 vd = _mm256_set1_ps(delta[q0 + i]);
-            int64_t j = 0;
-            for (; j + 8 <= seen; j += 8) {
-              const __m256 p = exp2_8(_mm256_sub_ps(_mm256_loadu_ps(si + j), vl));
-              _mm256_storeu_ps(si + j, p);
-              _mm256_storeu_ps(dpi + j,
-                               _mm256_mul_ps(p, _mm256_sub_ps(_mm256_loadu_ps(dpi + j), vd)));
+            const int64_t width = visible(causal, i0 + r - 1, k0, cols);
+            const int64_t tiles = (width + kCols - 1) / kCols;
+            scores(r, qp + i0 * ldq, ldq, kt, H, tiles, si, lds);
+            scores(r, dop + i0 * ldq, ldq, vt, H, tiles, dpi, lds);
+            for (int64_t x = 0; x < r; ++x) {
+              float* sx = si + x * lds;
+              float* dpx = dpi + x * lds;
+              const int64_t seen = visible(causal, i0 + x, k0, cols);
+              const __m256 vl = _mm256_set1_ps(lp[i0 + x]);
+              const __m256 vd = _mm256_set1_ps(delta[i0 + x]);
+              const __m256 vs = _mm256_set1_ps(scale);
+              int64_t j = 0;
+              for (; j + 8 <= seen; j += 8) {
+                const __m256 pj = exp2_8(_mm256_sub_ps(_mm256_loadu_ps(sx + j), vl));
+                _mm256_storeu_ps(sx + j, pj);
+                _mm256_storeu_ps(dpx + j, _mm256_mul_ps(_mm256_mul_ps(vs, pj),
+                                                        _mm256_sub_ps(_mm256_loadu_ps(dpx + j), vd)));
+              }
+              for (; j < seen; ++j) {
+                sx[j] = std::exp2(sx[j] - lp[i0 + x]);
+                dpx[j] = scale * sx[j] * (dpx[j] - delta[i0 + x]);
+              }
+              std::fill(sx + seen, sx + cols, 0.f);  // the block products below read every column
+              std::fill(dpx + seen, dpx + cols, 0.f);
             }
-            for (; j < seen; ++j) {
-              si[j] = std::exp2(si[j] - lp[q0 + i]);
-              dpi[j] = si[j] * (dpi[j] - delta[q0 + i]);
-            }
-            std::fill(si + seen, si + cols, 0.f);
-            std::fill(dpi + seen, dpi + cols, 0.f);
+            if (width == 0) continue;
+            pack_rows(dqp + i0 * ldq, ldq, r, H, Hp, dqb);  // dq's rows, in and out of cache
+            product(r, dpi, lds, 1, kb, Hp, width, kOnes, dqb);
+            for (int64_t x = 0; x < r; ++x)
+              std::copy(dqb + x * Hp, dqb + x * Hp + H, dqp + (i0 + x) * ldq);
           }
-          scipy_cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, cols, H, rows, 1.f,
-                            s.data(), lds, dop + q0 * ldq, ldq, 1.f, dvb.data(), H);
-          scipy_cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, cols, H, rows, scale,
-                            dp.data(), lds, qp + q0 * ldq, ldq, 1.f, dkb.data(), H);
-          scipy_cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, rows, H, cols, scale,
-                            dp.data(), lds, kp + k0 * ldk, ldk, 1.f, dqp + q0 * ldq, ldq);
+          // dV += P^T dO, dK += dS^T Q, kRows key rows at a time; under causal masking the
+          // query rows before a key row add nothing to it.
+          for (int64_t j = 0; j < cols; j += kRows) {
+            const int64_t r = std::min(kRows, cols - j);
+            const int64_t first = causal ? std::clamp<int64_t>(k0 + j - q0, 0, rows) : 0;
+            product(r, s.data() + first * lds + j, 1, lds, dob + first * Hp, Hp, rows - first,
+                    kOnes, dvb + j * Hp);
+            product(r, dp.data() + first * lds + j, 1, lds, qb + first * Hp, Hp, rows - first,
+                    kOnes, dkb + j * Hp);
+          }
         }
         for (int64_t j = 0; j < cols; ++j) {
           const int64_t row = (b * d.S + k0 + j) * ldq + n * H;
-          std::copy(dkb.data() + j * H, dkb.data() + (j + 1) * H, dK + row);
-          std::copy(dvb.data() + j * H, dvb.data() + (j + 1) * H, dV + row);
+          std::copy(dkb + j * Hp, dkb + j * Hp + H, dK + row);
+          std::copy(dvb + j * Hp, dvb + j * Hp + H, dV + row);
         }
       }
     }
