@@ -125,6 +125,13 @@ def test_cpu_kernel_under_jit_and_vmap_and_with_nan():
   np.testing.assert_array_equal(jnp.isnan(attend(q, k, v)),
                                 jnp.isnan(oracle.reference(q, k, v)))
   assert jnp.isnan(attend(q, k, v)).any()
+  # A NaN key past the first key block, causal: exactly the rows that see it turn NaN.
+  q, k, v = _arrays(1, 300, 300, 2, 1, 16)
+  k = k.at[0, 200, 0, 3].set(jnp.nan)
+  np.testing.assert_array_equal(jnp.isnan(attend(q, k, v, is_causal=True)),
+                                jnp.isnan(oracle.reference(q, k, v, is_causal=True)))
+  assert jnp.isnan(attend(q, k, v, is_causal=True)[0, 200:]).all()
+  assert not jnp.isnan(attend(q, k, v, is_causal=True)[0, :200]).any()
 
 
 def test_cpu_kernel_checks_its_own_arguments():

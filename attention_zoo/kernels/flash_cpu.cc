@@ -199,22 +199,13 @@ inline float softmax_row(float* si, int64_t seen, int64_t width, float& m, float
     std::fill(si, si + width, 0.f);
     return 1.f;
   }
-  // The row maximum; a NaN score (a NaN in q or k) makes it NaN, and so the row's output
-  // and log-sum-exp, as in the oracle (max alone would drop it).
-  __m256 vmax = _mm256_set1_ps(-INFINITY), vnan = _mm256_setzero_ps();
+  // The row maximum. It may skip a NaN score (a NaN in q or k), but that score's probability
+  // is NaN (exp2_8 keeps NaN), and so the row's sum, output and log-sum-exp, as in the oracle.
+  __m256 vmax = _mm256_set1_ps(-INFINITY);
   int64_t j = 0;
-  for (; j + 8 <= seen; j += 8) {
-    const __m256 x = _mm256_loadu_ps(si + j);
-    vmax = _mm256_max_ps(vmax, x);
-    vnan = _mm256_or_ps(vnan, _mm256_cmp_ps(x, x, _CMP_UNORD_Q));
-  }
+  for (; j + 8 <= seen; j += 8) vmax = _mm256_max_ps(vmax, _mm256_loadu_ps(si + j));
   float mx = std::max(m, hmax(vmax));
-  bool nan = _mm256_movemask_ps(vnan) != 0 || std::isnan(m);
-  for (; j < seen; ++j) {
-    mx = std::max(mx, si[j]);
-    nan |= std::isnan(si[j]);
-  }
-  if (nan) mx = NAN;
+  for (; j < seen; ++j) mx = std::max(mx, si[j]);
   const __m256 vm = _mm256_set1_ps(mx);
   __m256 vsum = _mm256_setzero_ps();
   for (j = 0; j + 8 <= seen; j += 8) {
