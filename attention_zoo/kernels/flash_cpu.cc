@@ -82,41 +82,22 @@ constexpr int64_t kRows = 6, kCols = 16;
 
 inline int64_t round_up(int64_t x, int64_t m) { return (x + m - 1) / m * m; }
 
-// s[R x 16] = q[R rows, stride ldq] . kt, a packed panel of K^T ([H][16], scaled).
-template <int R>
-inline void score_tile(const float* q, int64_t ldq, const float* kt, int64_t H, float* s,
-                       int64_t lds) {
-  __m256 c[R][2];
-  #pragma GCC unroll 8
-  for (int r = 0; r < R; ++r) c[r][0] = c[r][1] = _mm256_setzero_ps();
-#pragma GCC unroll 4
-  for (int64_t h = 0; h < H; ++h) {
-    const __m256 b0 = _mm256_load_ps(kt + h * kCols), b1 = _mm256_load_ps(kt + h * kCols + 8);
-    #pragma GCC unroll 8
-    for (int r = 0; r < R; ++r) {
-      const __m256 a = _mm256_broadcast_ss(q + r * ldq + h);
-      c[r][0] = _mm256_fmadd_ps(a, b0, c[r][0]);
-      c[r][1] = _mm256_fmadd_ps(a, b1, c[r][1]);
-    }
-  }
-  #pragma GCC unroll 8
-  for (int r = 0; r < R; ++r) {
-    _mm256_storeu_ps(s + r * lds, c[r][0]);
-    _mm256_storeu_ps(s + r * lds + 8, c[r][1]);
-  }
-}
-
-// c[R x 16] = c * rescale (per row) + A . b over n steps, where A(r, x) = a[r a_row + x a_step]
-// (a row-major block, or a transposed one) and b is packed [n][ldb] at its column.
-template <int R>
-inline void product_tile(const float* a, int64_t a_row, int64_t a_step, const float* b,
-                         int64_t ldb, int64_t n, const float* rescale, float* c, int64_t ldc) {
+// c[R x 16] = A . b over n steps, plus c * rescale (per row) when Accumulate, where
+// A(r, x) = a[r a_row + x a_step] (a row-major block, or a transposed one) and b is packed
+// [n][ldb] at its column.
+template <int R, bool Accumulate>
+inline void tile(const float* a, int64_t a_row, int64_t a_step, const float* b, int64_t ldb,
+                 int64_t n, const float* rescale, float* c, int64_t ldc) {
   __m256 acc[R][2];
   #pragma GCC unroll 8
   for (int r = 0; r < R; ++r) {
-    const __m256 f = _mm256_broadcast_ss(rescale + r);
-    acc[r][0] = _mm256_mul_ps(f, _mm256_load_ps(c + r * ldc));
-    acc[r][1] = _mm256_mul_ps(f, _mm256_load_ps(c + r * ldc + 8));
+    if constexpr (Accumulate) {
+      const __m256 f = _mm256_broadcast_ss(rescale + r);
+      acc[r][0] = _mm256_mul_ps(f, _mm256_loadu_ps(c + r * ldc));
+      acc[r][1] = _mm256_mul_ps(f, _mm256_loadu_ps(c + r * ldc + 8));
+    } else {
+      acc[r][0] = acc[r][1] = _mm256_setzero_ps();
+    }
   }
 #pragma GCC unroll 4
   for (int64_t x = 0; x < n; ++x) {
@@ -130,37 +111,38 @@ inline void product_tile(const float* a, int64_t a_row, int64_t a_step, const fl
   }
   #pragma GCC unroll 8
   for (int r = 0; r < R; ++r) {
-    _mm256_store_ps(c + r * ldc, acc[r][0]);
-    _mm256_store_ps(c + r * ldc + 8, acc[r][1]);
+    _mm256_storeu_ps(c + r * ldc, acc[r][0]);
+    _mm256_storeu_ps(c + r * ldc + 8, acc[r][1]);
+  }
+}
+
+// tile<R> for the rows at hand (1 to kRows).
+template <bool Accumulate>
+inline void tile_rows(int64_t rows, const float* a, int64_t a_row, int64_t a_step,
+                      const float* b, int64_t ldb, int64_t n, const float* rescale, float* c,
+                      int64_t ldc) {
+  switch (rows) {
+#define ZOO_CASE(R) \
+  case R: return tile<R, Accumulate>(a, a_row, a_step, b, ldb, n, rescale, c, ldc);
+    ZOO_CASE(1) ZOO_CASE(2) ZOO_CASE(3) ZOO_CASE(4) ZOO_CASE(5) ZOO_CASE(6)
+#undef ZOO_CASE
   }
 }
 
 constexpr float kOnes[kRows] = {1.f, 1.f, 1.f, 1.f, 1.f, 1.f};
 
-// c[rows x Hp] = c * rescale + A . b for every 16-column panel of c, dispatched on the rows.
+// c[rows x Hp] = c * rescale + A . b, one 16-column panel of c (and of b, [n][Hp]) at a time.
 inline void product(int64_t rows, const float* a, int64_t a_row, int64_t a_step, const float* b,
                     int64_t Hp, int64_t n, const float* rescale, float* c) {
-  for (int64_t h0 = 0; h0 < Hp; h0 += kCols) {
-    switch (rows) {
-#define ZOO_CASE(R) \
-  case R: product_tile<R>(a, a_row, a_step, b + h0, Hp, n, rescale, c + h0, Hp); break;
-      ZOO_CASE(1) ZOO_CASE(2) ZOO_CASE(3) ZOO_CASE(4) ZOO_CASE(5) ZOO_CASE(6)
-#undef ZOO_CASE
-    }
-  }
+  for (int64_t h0 = 0; h0 < Hp; h0 += kCols)
+    tile_rows<true>(rows, a, a_row, a_step, b + h0, Hp, n, rescale, c + h0, Hp);
 }
 
-// s[rows x 16 tiles] = q[rows, stride ldq] . kt (packed K^T panels), dispatched on the rows.
+// s[rows x 16 tiles] = q[rows, stride ldq] . kt (packed K^T panels [H][16]).
 inline void scores(int64_t rows, const float* q, int64_t ldq, const float* kt, int64_t H,
                    int64_t tiles, float* s, int64_t lds) {
-  for (int64_t t = 0; t < tiles; ++t) {
-    const float* panel = kt + t * H * kCols;
-    switch (rows) {
-#define ZOO_CASE(R) case R: score_tile<R>(q, ldq, panel, H, s + t * kCols, lds); break;
-      ZOO_CASE(1) ZOO_CASE(2) ZOO_CASE(3) ZOO_CASE(4) ZOO_CASE(5) ZOO_CASE(6)
-#undef ZOO_CASE
-    }
-  }
+  for (int64_t t = 0; t < tiles; ++t)
+    tile_rows<false>(rows, q, ldq, 1, kt + t * H * kCols, kCols, H, nullptr, s + t * kCols, lds);
 }
 
 // Packs rows [n, ld] times `factor` as K^T-style panels [n / 16][H][16] (zero past n).
