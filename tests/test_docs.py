@@ -30,9 +30,11 @@ def test_add_a_variant_page(tmp_path):
     (tmp_path / path).write_text(body)
   env = dict(PYTHONPATH=os.pathsep.join([str(tmp_path), REPO]),
              ATTENTION_ZOO_PLUGINS="my_attention.scaled")
+  # -n 0: in one process, not a worker per core (the suite runs beside it on those cores;
+  # two more workers would each start JAX and collect both modules again: a third more CPU).
   result = children.run(argv=["-m", "pytest", "tests/test_contract.py",
                               "tests/test_properties.py", "-q", "-k", "scaled_softmax",
-                              "-p", "no:cacheprovider", "-m", "not fuzz"],
+                              "-p", "no:cacheprovider", "-m", "not fuzz", "-n", "0"],
                         env=env, timeout=600)
   assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-2000:]
   passed = int(re.search(r"(\d+) passed", result.stdout).group(1))

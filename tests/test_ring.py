@@ -30,9 +30,18 @@ def loss(fn, kwargs):  # rows with no key have residual -inf
   return lambda q, k, v: sum(jnp.sum(jnp.sin(jnp.where(jnp.isfinite(x), x, 0.0)))
                              for x in jax.tree.leaves(fn(q, k, v, **kwargs)))
 
+def difference(a, b):  # the largest |a - b|, -inf == -inf counted equal; numpy: nothing compiled
+  a, b = np.asarray(a), np.asarray(b)
+  with np.errstate(invalid="ignore"):
+    return float(np.max(np.where(a == b, 0.0, np.abs(a - b))))
+
+# Gradients are taken under jit, as training takes them: one program per case, where
+# differentiating op by op compiled ~250 small programs (half this test's time). Ring's
+# forward is called outside jit, as a user may call it; the references are jitted whole.
 softmax = attention_zoo.get("softmax")
-references = {case: (softmax(q, k, v, **kwargs),
-                     jax.grad(loss(softmax, kwargs), (0, 1, 2))(q, k, v))
+references = {case: jax.jit(lambda q, k, v, kwargs=kwargs: (
+                  softmax(q, k, v, **kwargs), jax.grad(loss(softmax, kwargs), (0, 1, 2))(q, k, v)))(
+                      q, k, v)
               for case, kwargs in cases.items()}
 errors = {}
 # the fewest and most devices and both axis types, not their product (compiling each case is
@@ -43,9 +52,10 @@ for devices, axis_type in ((2, "Explicit"), (8, "Auto")):
   for case, kwargs in cases.items():
     with jax.set_mesh(mesh):
       ring = attention_zoo.get("ring")
-      out, grads = ring(q, k, v, **kwargs), jax.grad(loss(ring, kwargs), (0, 1, 2))(q, k, v)
+      out = ring(q, k, v, **kwargs)
+      grads = jax.jit(jax.grad(loss(ring, kwargs), (0, 1, 2)))(q, k, v)
     errors[f"{devices} {axis_type} {case}"] = [
-        float(jnp.max(jnp.where(a == b, 0.0, jnp.abs(a - b)))) for a, b in  # -inf == -inf
+        difference(a, b) for a, b in
         zip(jax.tree.leaves((out, grads)), jax.tree.leaves(references[case]))]
 
 # The soft cap and sinks (self-attention: T == S), with the gradient of the sinks, made under
@@ -66,12 +76,14 @@ for devices, axis_type in ((2, "Auto"), (8, "Explicit")):
                                     for y in jax.tree.leaves(fn(q, k, v, **kwargs(x))))
     with jax.set_mesh(mesh):
       ring = attention_zoo.get("ring")
-      out, grads = ring(*q_k_v, **kwargs(x)), jax.grad(sink_loss(ring), (0, 1, 2, 3))(*q_k_v, x)
+      out = ring(*q_k_v, **kwargs(x))
+      grads = jax.jit(jax.grad(sink_loss(ring), (0, 1, 2, 3)))(*q_k_v, x)
     softmax, x_here = attention_zoo.get("softmax"), jnp.asarray(np.asarray(x))  # off the mesh
-    ref = softmax(*q_k_v, **kwargs(x_here))
-    ref_grads = jax.grad(sink_loss(softmax), (0, 1, 2, 3))(*q_k_v, x_here)
+    ref, ref_grads = jax.jit(lambda q, k, v, x: (
+        softmax(q, k, v, **kwargs(x)), jax.grad(sink_loss(softmax), (0, 1, 2, 3))(q, k, v, x)))(
+            *q_k_v, x_here)
     errors[f"{devices} {axis_type} {case}"] = [
-        float(jnp.max(jnp.where(a == b, 0.0, jnp.abs(a - b)))) for a, b in
+        difference(a, b) for a, b in
         zip(jax.tree.leaves((out, grads)), jax.tree.leaves((ref, ref_grads)))]
 print(json.dumps(errors))
 """

@@ -13,7 +13,7 @@ def config(variant="softmax", data_dir="/tmp", **overrides):
   c.model.options.local.local_window_size = 3
   c.model.d_model, c.model.num_heads, c.model.num_kv_heads, c.model.d_ff = 32, 4, 2, 64
   c.model.num_encoder_layers = c.model.num_decoder_layers = 1
-  c.num_train_steps, c.log_every, c.eval_every, c.checkpoint_every = 2, 1, 2, 1
+  c.num_train_steps, c.log_every, c.eval_every, c.checkpoint_every = 2, 1, 2, 2
   c.eval_batches, c.progress_bar = 1, False
   return base.override(c, overrides)
 
