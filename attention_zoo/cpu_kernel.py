@@ -26,10 +26,10 @@ import numpy as np
 from attention_zoo import validation
 
 SOURCE = pathlib.Path(__file__).parent / "kernels" / "flash_cpu.cc"
-# Block sizes (query rows, key columns): the fastest of those tried on an AMD EPYC (Zen 1)
-# at T = 4096, 8 heads of 64, timed interleaved in one process (README). Blocks of 256 key
-# columns ran at half speed there (forward 256 x 256: 1250 ms against 598 for 256 x 128; in
-# some processes only), which is not understood. Not measured on other CPUs.
+# Block sizes (query rows, key columns). Timed on an AMD EPYC (Zen 1) at T = 4096, heads of
+# 64, one thread: forward 128-1024 rows by 64-256 columns and backward 64-256 by 64-256 all
+# within ~10% of these, which is within that machine's noise; not measured on other CPUs.
+# The micro-kernels work in panels of 6 rows by 16 columns whatever the blocks.
 FORWARD_BLOCKS = (256, 128)
 BACKWARD_BLOCKS = (128, 128)
 
