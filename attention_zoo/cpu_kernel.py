@@ -2,8 +2,9 @@
 
 The C++ source (its own AVX2 micro-kernels: no BLAS) is compiled on first use for the
 machine at hand (g++ `-march=native`) into a cache folder keyed by the source, the compiler
-command and the CPU, then registered with XLA as two FFI targets (forward, backward). What it takes: float32, CPU, no mask, bias, lengths or other options beyond
-`is_causal` and `scale` (implementations.refusals lists the rest); a CPU with AVX2 and FMA.
+command and the CPU, then registered with XLA as two FFI targets (forward, backward). What
+it takes: float32, CPU, no mask, bias, lengths or other options beyond `is_causal` and
+`scale` (implementations.refusals lists the rest); a CPU with AVX2 and FMA.
 """
 
 from __future__ import annotations

@@ -291,6 +291,8 @@ ffi::Error FlashBackward(ffi::Buffer<ffi::F32> q, ffi::Buffer<ffi::F32> k,
                          int64_t block_q, int64_t block_k, int64_t threads) {
   const Shape d = shape_of(q, k);
   const int64_t H = d.H, ldq = d.ldq(), ldk = d.ldk(), group = d.N / d.K;
+  // Score rows padded by a cache line: dv and dk read P and dS down their columns, which at a
+  // power-of-two row length would fall into a few L1 sets.
   const int64_t Hp = round_up(H, kCols), bk = round_up(block_k, kCols), lds = bk + kCols;
   const float* Q = q.typed_data();
   const float* Kp = k.typed_data();
