@@ -1,10 +1,11 @@
 """The fused CPU flash-attention kernel (kernels/flash_cpu.cc) as a differentiable JAX function.
 
-The C++ source (its own AVX2 micro-kernels: no BLAS) is compiled on first use for the
-machine at hand (g++ `-march=native`) into a cache folder keyed by the source, the compiler
-command and the CPU, then registered with XLA as two FFI targets (forward, backward). What
-it takes: float32, CPU, no mask, bias, lengths or other options beyond `is_causal` and
-`scale` (implementations.refusals lists the rest); a CPU with AVX2 and FMA.
+The C++ source (its own micro-kernels: no BLAS) is compiled on first use for the machine at
+hand (g++ `-march=native`, vectors of 16 floats where the CPU has AVX-512F, else of 8) into a
+cache folder keyed by the source, the compiler command and the CPU, then registered with XLA
+as two FFI targets (forward, backward). What it takes: float32, CPU, no mask, bias, lengths
+or other options beyond `is_causal` and `scale` (implementations.refusals lists the rest); a
+CPU with AVX2 and FMA.
 """
 
 from __future__ import annotations
@@ -30,7 +31,8 @@ SOURCE = pathlib.Path(__file__).parent / "kernels" / "flash_cpu.cc"
 # Block sizes (query rows, key columns). Timed on an AMD EPYC (Zen 1) at T = 4096, heads of
 # 64, one thread: forward 128-1024 rows by 64-256 columns and backward 64-256 by 64-256 all
 # within ~10% of these, which is within that machine's noise; not measured on other CPUs.
-# The micro-kernels work in panels of 6 rows by 16 columns whatever the blocks.
+# The micro-kernels work in panels of 6 rows by 16 columns (AVX2) or 12 by 32 (AVX-512)
+# whatever the blocks.
 FORWARD_BLOCKS = (256, 128)
 BACKWARD_BLOCKS = (128, 128)
 
@@ -46,6 +48,11 @@ def _cpuinfo(field: str) -> str:
 
 def cpu_flags() -> set[str]:
   return set(_cpuinfo("flags").split())
+
+
+def native_vector_floats() -> int:
+  """The kernel's vector width on this CPU: 16 floats with AVX-512F, else 8 (AVX2)."""
+  return 16 if "avx512f" in cpu_flags() else 8
 
 
 def unavailable() -> str | None:
@@ -68,14 +75,24 @@ def _cache_dir() -> pathlib.Path:
   return pathlib.Path(root) / "attention_zoo"
 
 
-def _build_command(output: pathlib.Path) -> list[str]:
-  return [_compiler(), "-O3", "-march=native", "-fopenmp", "-std=c++17", "-shared", "-fPIC",
+def _build_command(output: pathlib.Path, floats: int) -> list[str]:
+  # -ffp-contract=fast: the source's a * b + c are FMAs. Vectors wider than the CPU's (the
+  # AVX-512 layout on an AVX2 machine, for tests) took GCC 12 over 3 minutes at -O3 and take
+  # 10 s at -O1; -Wno-psabi: such a build warns that its vectors are passed differently.
+  level = "-O3" if floats <= native_vector_floats() else "-O1"
+  return [_compiler(), level, "-march=native", "-ffp-contract=fast", "-fopenmp", "-std=c++17",
+          "-shared", "-fPIC", "-Wno-psabi", f"-DZOO_VECTOR_FLOATS={floats}",
           f"-I{jax.ffi.include_dir()}", str(SOURCE), "-o", str(output)]
 
 
+def _targets(floats: int) -> tuple[str, str]:
+  return f"attention_zoo_flash_forward_{floats}", f"attention_zoo_flash_backward_{floats}"
+
+
 @functools.cache
-def library() -> ctypes.CDLL:
-  """Builds the kernel for this machine (once; cached on disk) and registers its targets."""
+def library(floats: int) -> ctypes.CDLL:
+  """Builds the kernel with vectors of `floats` floats for this machine (once; cached on
+  disk) and registers its targets."""
   why = unavailable()
   if why:
     raise RuntimeError(f"the CPU flash kernel cannot run here: {why}")
@@ -83,20 +100,20 @@ def library() -> ctypes.CDLL:
   compiler = subprocess.run([_compiler(), "--version"],
                             capture_output=True, text=True).stdout
   key = hashlib.sha256("\n".join([
-      SOURCE.read_text(), " ".join(_build_command(pathlib.Path("out"))), compiler, cpu,
+      SOURCE.read_text(), " ".join(_build_command(pathlib.Path("out"), floats)), compiler, cpu,
       " ".join(sorted(cpu_flags())), jax.__version__, jaxlib.__version__]).encode())
-  path = _cache_dir() / f"flash_cpu-{key.hexdigest()[:16]}.so"
+  path = _cache_dir() / f"flash_cpu{floats}-{key.hexdigest()[:16]}.so"
   if not path.exists():
     path.parent.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(dir=path.parent) as tmp:  # then one atomic rename
       built = pathlib.Path(tmp) / path.name
-      done = subprocess.run(_build_command(built), capture_output=True, text=True)
+      done = subprocess.run(_build_command(built, floats), capture_output=True, text=True)
       if done.returncode:
         raise RuntimeError(f"building the CPU flash kernel failed:\n{done.stderr[-4000:]}")
       os.replace(built, path)
   lib = ctypes.cdll.LoadLibrary(str(path))
-  for target, symbol in (("attention_zoo_flash_forward", lib.FlashForwardHandler),
-                         ("attention_zoo_flash_backward", lib.FlashBackwardHandler)):
+  for target, symbol in zip(_targets(floats), (lib.FlashForwardHandler,
+                                               lib.FlashBackwardHandler)):
     jax.ffi.register_ffi_target(target, jax.ffi.pycapsule(symbol), platform="cpu")
   return lib
 
@@ -110,45 +127,54 @@ def _attrs(scale, is_causal, blocks):
               block_k=np.int64(blocks[1]), threads=np.int64(_threads()))
 
 
-def _forward(q, k, v, scale, is_causal):
-  library()
+def _forward(q, k, v, scale, is_causal, floats):
+  library(floats)
   B, T, N, _ = q.shape
   out, lse = jax.ffi.ffi_call(
-      "attention_zoo_flash_forward",
+      _targets(floats)[0],
       (jax.ShapeDtypeStruct(q.shape, jnp.float32), jax.ShapeDtypeStruct((B, N, T), jnp.float32)),
       vmap_method="sequential")(q, k, v, **_attrs(scale, is_causal, FORWARD_BLOCKS))
   return out, lse
 
 
-def flash(q, k, v, scale: float, is_causal: bool):
+def flash(q, k, v, scale: float, is_causal: bool, vector_floats: int | None = None):
   """softmax(scale q k^T) v over [B, T, N, H] queries, [B, S, K, H] keys and values (K
   divides N), float32; causal masking top-left aligned, as jax.nn.dot_product_attention.
   Differentiable in reverse mode (its backward is a kernel too), not in forward mode.
-  `softmax`/`chunked` with implementation="cpu" call it after their own checks."""
+  `softmax`/`chunked` with implementation="cpu" call it after their own checks.
+
+  vector_floats: the build's vector width, None for this CPU's (`native_vector_floats()`).
+  16 on a CPU without AVX-512 runs the AVX-512 layout in pairs of AVX2 registers: slow, for
+  tests.
+  """
   validation.check_inputs("cpu_kernel.flash", q, k, v)  # the variants' shape contract
   if q.dtype != jnp.float32:
     raise ValueError(f"cpu_kernel.flash: float32 only, got {q.dtype}")
-  return _flash(q, k, v, float(scale), bool(is_causal))
+  if vector_floats not in (None, 8, 16):
+    raise ValueError(f"cpu_kernel.flash: vector_floats must be None, 8 or 16, "
+                     f"got {vector_floats!r}")
+  return _flash(q, k, v, float(scale), bool(is_causal),
+                vector_floats or native_vector_floats())
 
 
-@functools.partial(jax.custom_vjp, nondiff_argnums=(3, 4))
-def _flash(q, k, v, scale: float, is_causal: bool):
-  return _forward(q, k, v, scale, is_causal)[0]
+@functools.partial(jax.custom_vjp, nondiff_argnums=(3, 4, 5))
+def _flash(q, k, v, scale: float, is_causal: bool, floats: int):
+  return _forward(q, k, v, scale, is_causal, floats)[0]
 
 
-def _flash_fwd(q, k, v, scale, is_causal):
-  out, lse = _forward(q, k, v, scale, is_causal)
+def _flash_fwd(q, k, v, scale, is_causal, floats):
+  out, lse = _forward(q, k, v, scale, is_causal, floats)
   return out, (q, k, v, out, lse)
 
 
-def _flash_bwd(scale, is_causal, residuals, d_out):
-  library()
+def _flash_bwd(scale, is_causal, floats, residuals, d_out):
+  library(floats)
   q, k, v, out, lse = residuals
   (B, T, N, H), S, K = q.shape, k.shape[1], k.shape[2]
   per_head = jax.ShapeDtypeStruct((B, S, N, H), jnp.float32)
   dq, dk, dv = jax.ffi.ffi_call(
-      "attention_zoo_flash_backward", (jax.ShapeDtypeStruct(q.shape, jnp.float32), per_head,
-                                       per_head), vmap_method="sequential")(
+      _targets(floats)[1], (jax.ShapeDtypeStruct(q.shape, jnp.float32), per_head, per_head),
+      vmap_method="sequential")(
       q, k, v, out, lse, d_out.astype(jnp.float32), **_attrs(scale, is_causal, BACKWARD_BLOCKS))
   group_sum = lambda x: x.reshape(B, S, K, N // K, H).sum(3)  # query heads -> their key head
   return dq, group_sum(dk), group_sum(dv)

@@ -99,11 +99,27 @@ def test_cpu_kernel_matches_the_oracle(shape, is_causal):
   missed rescaling is off by 1e-2 and more). Queries scaled up so that a row's maximum
   moves from key block to key block (the online softmax's rescaling) and the scores span a
   float32 exponent range."""
+  _check_cpu_kernel(lambda q, k, v: attention_zoo.get("chunked", implementation="cpu")(
+      q, k, v, is_causal=is_causal), shape, is_causal)
+
+
+@CPU_KERNEL
+@pytest.mark.parametrize("shape,is_causal", [((2, 300, 300, 4, 2, 16), False),
+                                             ((2, 300, 300, 4, 2, 16), True),
+                                             ((1, 530, 77, 2, 2, 12), True),
+                                             ((1, 139, 139, 2, 1, 16), False)])
+def test_the_cpu_kernels_other_vector_width_matches_the_oracle(shape, is_causal):
+  """The layout this CPU does not choose (AVX-512's 12 x 32 tiles on an AVX2 machine, AVX2's
+  6 x 16 on an AVX-512 one), so that both are tested wherever the suite runs."""
+  floats = 24 - cpu_kernel.native_vector_floats()
+  _check_cpu_kernel(lambda q, k, v: cpu_kernel.flash(q, k, v, shape[-1] ** -0.5, is_causal,
+                                                     vector_floats=floats), shape, is_causal)
+
+
+def _check_cpu_kernel(kernel, shape, is_causal):
   q, k, v = _arrays(*shape)
   q = 4 * q
   cot = jnp.asarray(np.random.default_rng(2).normal(size=q.shape), jnp.float32)
-  kernel = lambda q, k, v: attention_zoo.get("chunked", implementation="cpu")(
-      q, k, v, is_causal=is_causal)
   xla = lambda q, k, v: oracle.reference(q, k, v, is_causal=is_causal)
   with_grads = lambda f, *a: (f(*a), jax.grad(lambda *a: jnp.sum(f(*a) * cot), (0, 1, 2))(*a))
   with jax.enable_x64(True):
@@ -141,6 +157,9 @@ def test_cpu_kernel_checks_its_own_arguments():
     cpu_kernel.flash(q, k, v, 0.5, False)
   with pytest.raises(ValueError, match="^cpu_kernel.flash: float32 only, got bfloat16"):
     cpu_kernel.flash(*(x.astype(jnp.bfloat16) for x in (q[:, :, :2], k, v)), 0.5, False)
+  with pytest.raises(ValueError, match="^cpu_kernel.flash: vector_floats must be None, 8 or "
+                                       "16, got 4"):
+    cpu_kernel.flash(q[:, :, :2], k, v, 0.5, False, vector_floats=4)
 
 
 def test_cpu_kernel_refuses_other_platforms_dtypes_and_segments():

@@ -4,53 +4,81 @@
 // jax.nn.dot_product_attention) or not.
 //
 // Why a kernel of our own: XLA's block products and the softmax between them are separate
-// loops over memory; here each panel of six query rows takes its scores, softmax and output
-// update while they are in L1, the products are register-blocked AVX2 micro-kernels on key
-// and value blocks packed once per query block, and the exponentials are a vectorised exp2
-// (the scale times log2(e) is folded into the packed keys). Scores are in base 2 throughout;
-// the log-sum-exp saved for the backward is too.
+// loops over memory; here each panel of query rows takes its scores, softmax and output
+// update while they are in L1, the products are register-blocked micro-kernels on key and
+// value blocks packed once per query block, and the exponentials are a vectorised exp2 (the
+// scale times log2(e) is folded into the packed keys). Scores are in base 2 throughout; the
+// log-sum-exp saved for the backward is too.
+//
+// The code is written once in GCC's vector extensions, for vectors of 8 floats (AVX2) or of
+// 16 (AVX-512F, the default where the compiler targets it). -DZOO_VECTOR_FLOATS=16 builds the
+// AVX-512 layout on an AVX2 machine too (each vector then a pair of AVX2 registers: slow, the
+// same arithmetic), which is how that layout is tested on CPUs without AVX-512.
 #include <algorithm>
 #include <cmath>
 #include <cstdint>
+#include <cstring>
 #include <vector>
-
-#include <immintrin.h>
 
 #include "xla/ffi/api/ffi.h"
 
 namespace ffi = xla::ffi;
 
+#ifndef ZOO_VECTOR_FLOATS
+#ifdef __AVX512F__
+#define ZOO_VECTOR_FLOATS 16
+#else
+#define ZOO_VECTOR_FLOATS 8
+#endif
+#endif
+
 namespace {
 
-// 2^x for 8 floats: x = n + r with n = round(x), |r| <= 1/2, 2^r by a degree-5 polynomial
+constexpr int kLanes = ZOO_VECTOR_FLOATS;
+static_assert(kLanes == 8 || kLanes == 16, "ZOO_VECTOR_FLOATS is 8 (AVX2) or 16 (AVX-512)");
+typedef float Vec __attribute__((vector_size(4 * kLanes)));
+typedef int32_t Ints __attribute__((vector_size(4 * kLanes)));
+
+inline Vec splat(float x) { return x - Vec{}; }  // (0 + x would not be x for x = -0)
+inline Vec load(const float* p) {  // any alignment (memcpy: no aliasing questions)
+  Vec v;
+  std::memcpy(&v, p, sizeof v);
+  return v;
+}
+inline void store(float* p, Vec v) { std::memcpy(p, &v, sizeof v); }
+// The larger of a and b, or b where either is NaN (x86's max; a NaN b stays).
+inline Vec max(Vec a, Vec b) { return a > b ? a : b; }
+
+// 2^x per lane: x = n + r with n = round(x), |r| <= 1/2, 2^r by a degree-5 polynomial
 // (fitted to the relative error: at most 2.4e-7, 2 float32 ulps). x is clamped at -126,
 // whose 2^-126 = 1.2e-38 is below float32's resolution of any sum it joins (masked
-// scores are zeroed, never exponentiated); max(-126, x) keeps a NaN a NaN.
-inline __m256 exp2_8(__m256 x) {
-  x = _mm256_max_ps(_mm256_set1_ps(-126.f), x);
-  const __m256 n = _mm256_round_ps(x, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
-  const __m256 r = _mm256_sub_ps(x, n);
-  __m256 p = _mm256_set1_ps(1.3276407e-3f);
-  p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(9.6755408e-3f));
-  p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(5.5507135e-2f));
-  p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(2.4022120e-1f));
-  p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(6.9314697e-1f));
-  p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(1.0000001f));
-  const __m256i e = _mm256_slli_epi32(
-      _mm256_add_epi32(_mm256_cvtps_epi32(n), _mm256_set1_epi32(127)), 23);
-  return _mm256_mul_ps(p, _mm256_castsi256_ps(e));
+// scores are zeroed, never exponentiated); the clamp keeps a NaN a NaN. Callers pass x <= ~0
+// (scores minus their maximum or log-sum-exp), where adding 1.5 2^23 rounds to an integer.
+inline Vec exp2v(Vec x) {
+  x = max(splat(-126.f), x);
+  const Vec round = splat(12582912.f);
+  const Vec n = (x + round) - round;
+  const Vec r = x - n;
+  Vec p = splat(1.3276407e-3f);
+  p = p * r + 9.6755408e-3f;  // contracted to FMAs (-ffp-contract=fast)
+  p = p * r + 5.5507135e-2f;
+  p = p * r + 2.4022120e-1f;
+  p = p * r + 6.9314697e-1f;
+  p = p * r + 1.0000001f;
+  const Ints e = (__builtin_convertvector(n, Ints) + 127) << 23;
+  return p * reinterpret_cast<const Vec&>(e);
 }
 
-inline float hsum(__m256 v) {
-  __m128 s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
-  s = _mm_add_ps(s, _mm_movehl_ps(s, s));
-  return _mm_cvtss_f32(_mm_add_ss(s, _mm_movehdup_ps(s)));
+inline float hsum(Vec v) {
+  float s = 0.f;
+  for (int i = 0; i < kLanes; ++i) s += v[i];
+  return s;
 }
 
-inline float hmax(__m256 v) {
-  __m128 s = _mm_max_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
-  s = _mm_max_ps(s, _mm_movehl_ps(s, s));
-  return _mm_cvtss_f32(_mm_max_ss(s, _mm_movehdup_ps(s)));
+inline float hmax(Vec v) {
+  float s = v[0];
+  for (int i = 1; i < kLanes; ++i) s = std::max(s, v[i]);
+  return s;
 }
 
 // The columns of query row i (absolute) that may attend the key block starting at k0 with
@@ -74,78 +102,77 @@ Shape shape_of(const Buf& q, const Buf& k) {
 
 // Every block product is a register-blocked micro-kernel of our own (OpenBLAS's sgemm, used
 // before, packed the query block again for every key block, and its speed depended on the
-// process's history). A micro-tile is kRows rows by kCols = 16 columns, 12 of the 16 AVX2
-// registers accumulating: per step two aligned loads of the packed operand, kRows broadcasts
-// and 2 kRows FMAs. (The `unroll` pragmas on the row loops let GCC keep the accumulators in
-// registers: without them it stored every accumulator to the stack after each FMA.)
-constexpr int64_t kRows = 6, kCols = 16;
+// process's history). A micro-tile is kRows rows by kCols = 2 vectors of columns: 6 x 16 in
+// 12 of AVX2's 16 registers, 12 x 32 in 24 of AVX-512's 32; per step two loads of the packed
+// operand, kRows broadcasts and 2 kRows FMAs. (The `unroll` pragmas on the row loops let GCC
+// keep the accumulators in registers: without them it stored every accumulator to the stack
+// after each FMA.)
+constexpr int64_t kRows = kLanes == 16 ? 12 : 6, kCols = 2 * kLanes;
 
 inline int64_t round_up(int64_t x, int64_t m) { return (x + m - 1) / m * m; }
 
-// c[R x 16] = A . b over n steps, plus c * rescale (per row) when Accumulate, where
-// A(r, x) = a[r a_row + x a_step] (a row-major block, or a transposed one) and b is packed
-// [n][ldb] at its column.
+// c[R x kCols] = A . b over n steps, plus c (times rescale, per row, unless null) when
+// Accumulate, where A(r, x) = a[r a_row + x a_step] (a row-major block, or a transposed one)
+// and b is packed [n][ldb] at its column.
 template <int R, bool Accumulate>
 inline void tile(const float* a, int64_t a_row, int64_t a_step, const float* b, int64_t ldb,
                  int64_t n, const float* rescale, float* c, int64_t ldc) {
-  __m256 acc[R][2];
-  #pragma GCC unroll 8
+  Vec acc[R][2];
+  #pragma GCC unroll 16
   for (int r = 0; r < R; ++r) {
     if constexpr (Accumulate) {
-      const __m256 f = _mm256_broadcast_ss(rescale + r);
-      acc[r][0] = _mm256_mul_ps(f, _mm256_loadu_ps(c + r * ldc));
-      acc[r][1] = _mm256_mul_ps(f, _mm256_loadu_ps(c + r * ldc + 8));
+      const Vec f = splat(rescale ? rescale[r] : 1.f);
+      acc[r][0] = f * load(c + r * ldc);
+      acc[r][1] = f * load(c + r * ldc + kLanes);
     } else {
-      acc[r][0] = acc[r][1] = _mm256_setzero_ps();
+      acc[r][0] = acc[r][1] = Vec{};
     }
   }
 #pragma GCC unroll 4
   for (int64_t x = 0; x < n; ++x) {
-    const __m256 b0 = _mm256_load_ps(b + x * ldb), b1 = _mm256_load_ps(b + x * ldb + 8);
-    #pragma GCC unroll 8
+    const Vec b0 = load(b + x * ldb), b1 = load(b + x * ldb + kLanes);
+    #pragma GCC unroll 16
     for (int r = 0; r < R; ++r) {
-      const __m256 ar = _mm256_broadcast_ss(a + r * a_row + x * a_step);
-      acc[r][0] = _mm256_fmadd_ps(ar, b0, acc[r][0]);
-      acc[r][1] = _mm256_fmadd_ps(ar, b1, acc[r][1]);
+      const Vec ar = splat(a[r * a_row + x * a_step]);
+      acc[r][0] += ar * b0;
+      acc[r][1] += ar * b1;
     }
   }
-  #pragma GCC unroll 8
+  #pragma GCC unroll 16
   for (int r = 0; r < R; ++r) {
-    _mm256_storeu_ps(c + r * ldc, acc[r][0]);
-    _mm256_storeu_ps(c + r * ldc + 8, acc[r][1]);
+    store(c + r * ldc, acc[r][0]);
+    store(c + r * ldc + kLanes, acc[r][1]);
   }
 }
 
 // tile<R> for the rows at hand (1 to kRows).
-template <bool Accumulate>
+template <bool Accumulate, int R = kRows>
 inline void tile_rows(int64_t rows, const float* a, int64_t a_row, int64_t a_step,
                       const float* b, int64_t ldb, int64_t n, const float* rescale, float* c,
                       int64_t ldc) {
-  switch (rows) {
-#define ZOO_CASE(R) \
-  case R: return tile<R, Accumulate>(a, a_row, a_step, b, ldb, n, rescale, c, ldc);
-    ZOO_CASE(1) ZOO_CASE(2) ZOO_CASE(3) ZOO_CASE(4) ZOO_CASE(5) ZOO_CASE(6)
-#undef ZOO_CASE
+  if constexpr (R > 1) {
+    if (rows < R)
+      return tile_rows<Accumulate, R - 1>(rows, a, a_row, a_step, b, ldb, n, rescale, c, ldc);
   }
+  tile<R, Accumulate>(a, a_row, a_step, b, ldb, n, rescale, c, ldc);
 }
 
-constexpr float kOnes[kRows] = {1.f, 1.f, 1.f, 1.f, 1.f, 1.f};
-
-// c[rows x Hp] = c * rescale + A . b, one 16-column panel of c (and of b, [n][Hp]) at a time.
+// c[rows x Hp] = c * rescale (1 where null) + A . b, one kCols-column panel of c (and of b,
+// [n][Hp]) at a time.
 inline void product(int64_t rows, const float* a, int64_t a_row, int64_t a_step, const float* b,
                     int64_t Hp, int64_t n, const float* rescale, float* c) {
   for (int64_t h0 = 0; h0 < Hp; h0 += kCols)
     tile_rows<true>(rows, a, a_row, a_step, b + h0, Hp, n, rescale, c + h0, Hp);
 }
 
-// s[rows x 16 tiles] = q[rows, stride ldq] . kt (packed K^T panels [H][16]).
+// s[rows x kCols tiles] = q[rows, stride ldq] . kt (packed K^T panels [H][kCols]).
 inline void scores(int64_t rows, const float* q, int64_t ldq, const float* kt, int64_t H,
                    int64_t tiles, float* s, int64_t lds) {
   for (int64_t t = 0; t < tiles; ++t)
     tile_rows<false>(rows, q, ldq, 1, kt + t * H * kCols, kCols, H, nullptr, s + t * kCols, lds);
 }
 
-// Packs rows [n, ld] times `factor` as K^T-style panels [n / 16][H][16] (zero past n).
+// Packs rows [n, ld] times `factor` as K^T-style panels [n / kCols][H][kCols] (zero past n).
 inline void pack_transposed(const float* src, int64_t ld, int64_t n, int64_t H, float factor,
                             float* dst) {
   std::fill(dst, dst + round_up(n, kCols) * H, 0.f);
@@ -164,11 +191,12 @@ inline void pack_rows(const float* src, int64_t ld, int64_t n, int64_t H, int64_
   }
 }
 
-// n floats, 32-byte aligned for the micro-kernels' aligned loads (per thread).
+// n floats aligned to a cache line, so that no vector load of a packed block straddles two
+// (per thread).
 struct Aligned {
-  explicit Aligned(int64_t n) : v(n + 8) {}
+  explicit Aligned(int64_t n) : v(n + 16) {}
   float* get() {
-    return reinterpret_cast<float*>((reinterpret_cast<uintptr_t>(v.data()) + 31) & ~uintptr_t{31});
+    return reinterpret_cast<float*>((reinterpret_cast<uintptr_t>(v.data()) + 63) & ~uintptr_t{63});
   }
   std::vector<float> v;
 };
@@ -182,18 +210,18 @@ inline float softmax_row(float* si, int64_t seen, int64_t width, float& m, float
     return 1.f;
   }
   // The row maximum. It may skip a NaN score (a NaN in q or k), but that score's probability
-  // is NaN (exp2_8 keeps NaN), and so the row's sum, output and log-sum-exp, as in the oracle.
-  __m256 vmax = _mm256_set1_ps(-INFINITY);
+  // is NaN (exp2v keeps NaN), and so the row's sum, output and log-sum-exp, as in the oracle.
+  Vec vmax = splat(-INFINITY);
   int64_t j = 0;
-  for (; j + 8 <= seen; j += 8) vmax = _mm256_max_ps(vmax, _mm256_loadu_ps(si + j));
+  for (; j + kLanes <= seen; j += kLanes) vmax = max(vmax, load(si + j));
   float mx = std::max(m, hmax(vmax));
   for (; j < seen; ++j) mx = std::max(mx, si[j]);
-  const __m256 vm = _mm256_set1_ps(mx);
-  __m256 vsum = _mm256_setzero_ps();
-  for (j = 0; j + 8 <= seen; j += 8) {
-    const __m256 p = exp2_8(_mm256_sub_ps(_mm256_loadu_ps(si + j), vm));
-    _mm256_storeu_ps(si + j, p);
-    vsum = _mm256_add_ps(vsum, p);
+  const Vec vm = splat(mx);
+  Vec vsum{};
+  for (j = 0; j + kLanes <= seen; j += kLanes) {
+    const Vec p = exp2v(load(si + j) - vm);
+    store(si + j, p);
+    vsum += p;
   }
   float sum = hsum(vsum);
   for (; j < seen; ++j) sum += (si[j] = std::exp2(si[j] - mx));
@@ -220,7 +248,7 @@ inline void forward_panel(int64_t rows, const float* q, int64_t ldq, const float
 }
 
 // Per (batch, head, block_q query rows): per key block, K^T (times the scale in base 2) and V
-// are packed into 16-column panels (zero past the block and past H), then each kRows-row
+// are packed into kCols-column panels (zero past the block and past H), then each kRows-row
 // panel of the query block takes its scores, softmax and output update while they are in L1.
 ffi::Error FlashForward(ffi::Buffer<ffi::F32> q, ffi::Buffer<ffi::F32> k,
                         ffi::Buffer<ffi::F32> v, ffi::ResultBuffer<ffi::F32> out,
@@ -351,15 +379,12 @@ ffi::Error FlashBackward(ffi::Buffer<ffi::F32> q, ffi::Buffer<ffi::F32> k,
               float* sx = si + x * lds;
               float* dpx = dpi + x * lds;
               const int64_t seen = visible(causal, i0 + x, k0, cols);
-              const __m256 vl = _mm256_set1_ps(lp[i0 + x]);
-              const __m256 vd = _mm256_set1_ps(delta[i0 + x]);
-              const __m256 vs = _mm256_set1_ps(scale);
+              const float l = lp[i0 + x], dl = delta[i0 + x];
               int64_t j = 0;
-              for (; j + 8 <= seen; j += 8) {
-                const __m256 pj = exp2_8(_mm256_sub_ps(_mm256_loadu_ps(sx + j), vl));
-                _mm256_storeu_ps(sx + j, pj);
-                _mm256_storeu_ps(dpx + j, _mm256_mul_ps(_mm256_mul_ps(vs, pj),
-                                                        _mm256_sub_ps(_mm256_loadu_ps(dpx + j), vd)));
+              for (; j + kLanes <= seen; j += kLanes) {
+                const Vec pj = exp2v(load(sx + j) - l);
+                store(sx + j, pj);
+                store(dpx + j, scale * pj * (load(dpx + j) - dl));
               }
               for (; j < seen; ++j) {
                 sx[j] = std::exp2(sx[j] - lp[i0 + x]);
@@ -370,7 +395,7 @@ ffi::Error FlashBackward(ffi::Buffer<ffi::F32> q, ffi::Buffer<ffi::F32> k,
             }
             if (width == 0) continue;
             pack_rows(dqp + i0 * ldq, ldq, r, H, Hp, dqb);  // dq's rows, in and out of cache
-            product(r, dpi, lds, 1, kb, Hp, width, kOnes, dqb);
+            product(r, dpi, lds, 1, kb, Hp, width, nullptr, dqb);
             for (int64_t x = 0; x < r; ++x)
               std::copy(dqb + x * Hp, dqb + x * Hp + H, dqp + (i0 + x) * ldq);
           }
@@ -380,9 +405,9 @@ ffi::Error FlashBackward(ffi::Buffer<ffi::F32> q, ffi::Buffer<ffi::F32> k,
             const int64_t r = std::min(kRows, cols - j);
             const int64_t first = causal ? std::clamp<int64_t>(k0 + j - q0, 0, rows) : 0;
             product(r, s.data() + first * lds + j, 1, lds, dob + first * Hp, Hp, rows - first,
-                    kOnes, dvb + j * Hp);
+                    nullptr, dvb + j * Hp);
             product(r, dp.data() + first * lds + j, 1, lds, qb + first * Hp, Hp, rows - first,
-                    kOnes, dkb + j * Hp);
+                    nullptr, dkb + j * Hp);
           }
         }
         for (int64_t j = 0; j < cols; ++j) {
