@@ -90,9 +90,11 @@ def choose(variant: str, implementation, dims, dtype, call: dict) -> tuple[str, 
                                 f"does not support: {'; '.join(refused)}")
     return implementation, "asked for by name"
   if jax.default_backend() != "gpu":
-    # The cpu kernel is faster than xla here at every shape measured (README), but it has no
-    # forward-mode derivative (jax.jvp raises) and is compiled on first use, so it is not
-    # a default a caller could meet unawares: asked for by name.
+    # The cpu kernel is faster than xla here at every shape measured (README), but it is
+    # compiled on first use (g++), has no sharding rule (under a mesh of several devices XLA
+    # gathers its inputs onto each, which computes the whole batch on every device), and,
+    # unlike softmax's xla code, no forward-mode derivative: not a default a caller could
+    # meet unawares, so it runs when asked for by name.
     return "xla", (f"platform {jax.default_backend()!r}: xla off a GPU; the fused cpu kernel "
                    "runs when asked for by name")
   skipped = []
