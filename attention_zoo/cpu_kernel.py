@@ -3,9 +3,10 @@
 The C++ source (its own micro-kernels: no BLAS) is compiled on first use for the machine at
 hand (g++ `-march=native`, vectors of 16 floats where the CPU has AVX-512F, else of 8) into a
 cache folder keyed by the source, the compiler command and the CPU, then registered with XLA
-as two FFI targets (forward, backward). What it takes: float32, CPU, no mask, bias, lengths
-or other options beyond `is_causal` and `scale` (implementations.refusals lists the rest); a
-CPU with AVX2 and FMA.
+as two FFI targets (forward, backward), each called through a rule that splits it by batch
+under a device mesh and folds vmap into the batch. What it takes: float32, CPU, no mask,
+bias, lengths or other options beyond `is_causal` and `scale` (implementations.refusals
+lists the rest); a CPU with AVX2 and FMA.
 """
 
 from __future__ import annotations
@@ -24,6 +25,8 @@ import jax
 import jax.numpy as jnp
 import jaxlib
 import numpy as np
+from jax.experimental.custom_partitioning import custom_partitioning
+from jax.sharding import NamedSharding, PartitionSpec
 
 from attention_zoo import validation
 
@@ -127,14 +130,69 @@ def _attrs(scale, is_causal, blocks):
               block_k=np.int64(blocks[1]), threads=np.int64(_threads()))
 
 
-def _forward(q, k, v, scale, is_causal, floats):
+def _split_by_batch(fn, rule: str):
+  """`fn`, whose arrays' leading dim B indexes independent problems, as a function that a
+  device mesh splits along B and vmap folds into B. (An FFI call has no sharding rule of its
+  own: under a mesh XLA gathered its inputs onto every device, and each computed the whole
+  batch.) Each device computes its batch rows; a sharding of any other dim is gathered (the
+  kernel needs whole sequences, heads and head dims). `rule`: Shardy's einsum-like rule of
+  the call, its batch factor named b. vmap cannot enter a custom_partitioning, hence the
+  custom_vmap rule that merges the mapped axis into B."""
+  call = custom_partitioning(fn)
+
+  def batch_sharding(mesh, arg_shapes):
+    spec = arg_shapes[0].sharding.spec
+    return NamedSharding(mesh, PartitionSpec(spec[0] if len(spec) else None))
+
+  def infer(mesh, arg_shapes, result_shape):
+    return jax.tree.map(lambda _: batch_sharding(mesh, arg_shapes), result_shape)
+
+  def partition(mesh, arg_shapes, result_shape):
+    sharding = batch_sharding(mesh, arg_shapes)
+    return (mesh, fn, jax.tree.map(lambda _: sharding, result_shape),
+            tuple(sharding for _ in arg_shapes))
+
+  others = [f for f in rule.replace(",", " ").replace("->", " ").split() if f != "b"]
+  call.def_partition(partition, infer_sharding_from_operands=infer, sharding_rule=rule,
+                     need_replication_factors=tuple(dict.fromkeys(others)))  # in rule order
+
+  @jax.custom_batching.custom_vmap
+  def batched(*args):
+    return call(*args)
+
+  @batched.def_vmap
+  def _(axis_size, in_batched, *args):
+    args = [a if b else jnp.broadcast_to(a, (axis_size, *a.shape))
+            for a, b in zip(args, in_batched)]
+    outs = batched(*(a.reshape(-1, *a.shape[2:]) for a in args))
+    outs = jax.tree.map(lambda o: o.reshape(axis_size, -1, *o.shape[1:]), outs)
+    return outs, jax.tree.map(lambda _: True, outs)
+
+  return batched
+
+
+@functools.cache
+def _kernels(scale: float, is_causal: bool, floats: int):
+  """The forward (q, k, v -> out, lse [B, N, T] in base 2) and the backward (q, k, v, out,
+  lse, d_out -> dq, and dk, dv per query head [B, S, N, H]) of one scale, causality and
+  vector width, as calls split by batch."""
   library(floats)
-  B, T, N, _ = q.shape
-  out, lse = jax.ffi.ffi_call(
-      _targets(floats)[0],
-      (jax.ShapeDtypeStruct(q.shape, jnp.float32), jax.ShapeDtypeStruct((B, N, T), jnp.float32)),
-      vmap_method="sequential")(q, k, v, **_attrs(scale, is_causal, FORWARD_BLOCKS))
-  return out, lse
+  forward_target, backward_target = _targets(floats)
+  shape = lambda shape: jax.ShapeDtypeStruct(shape, jnp.float32)
+
+  def forward(q, k, v):
+    B, T, N, _ = q.shape
+    return jax.ffi.ffi_call(forward_target, (shape(q.shape), shape((B, N, T))))(
+        q, k, v, **_attrs(scale, is_causal, FORWARD_BLOCKS))
+
+  def backward(q, k, v, out, lse, d_out):
+    per_head = shape((k.shape[0], k.shape[1], q.shape[2], q.shape[3]))
+    return jax.ffi.ffi_call(backward_target, (shape(q.shape), per_head, per_head))(
+        q, k, v, out, lse, d_out, **_attrs(scale, is_causal, BACKWARD_BLOCKS))
+
+  return (_split_by_batch(forward, "b t n h, b s k h, b s k h -> b t n h, b n t"),
+          _split_by_batch(backward, "b t n h, b s k h, b s k h, b t n h, b n t, b t n h -> "
+                                    "b t n h, b s n h, b s n h"))
 
 
 def flash(q, k, v, scale: float, is_causal: bool, vector_floats: int | None = None):
@@ -159,23 +217,19 @@ def flash(q, k, v, scale: float, is_causal: bool, vector_floats: int | None = No
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(3, 4, 5))
 def _flash(q, k, v, scale: float, is_causal: bool, floats: int):
-  return _forward(q, k, v, scale, is_causal, floats)[0]
+  return _kernels(scale, is_causal, floats)[0](q, k, v)[0]
 
 
 def _flash_fwd(q, k, v, scale, is_causal, floats):
-  out, lse = _forward(q, k, v, scale, is_causal, floats)
+  out, lse = _kernels(scale, is_causal, floats)[0](q, k, v)
   return out, (q, k, v, out, lse)
 
 
 def _flash_bwd(scale, is_causal, floats, residuals, d_out):
-  library(floats)
   q, k, v, out, lse = residuals
-  (B, T, N, H), S, K = q.shape, k.shape[1], k.shape[2]
-  per_head = jax.ShapeDtypeStruct((B, S, N, H), jnp.float32)
-  dq, dk, dv = jax.ffi.ffi_call(
-      _targets(floats)[1], (jax.ShapeDtypeStruct(q.shape, jnp.float32), per_head, per_head),
-      vmap_method="sequential")(
-      q, k, v, out, lse, d_out.astype(jnp.float32), **_attrs(scale, is_causal, BACKWARD_BLOCKS))
+  (B, _, N, H), S, K = q.shape, k.shape[1], k.shape[2]
+  dq, dk, dv = _kernels(scale, is_causal, floats)[1](q, k, v, out, lse,
+                                                     d_out.astype(jnp.float32))
   group_sum = lambda x: x.reshape(B, S, K, N // K, H).sum(3)  # query heads -> their key head
   return dq, group_sum(dk), group_sum(dv)
 

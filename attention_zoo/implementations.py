@@ -91,10 +91,10 @@ def choose(variant: str, implementation, dims, dtype, call: dict) -> tuple[str, 
     return implementation, "asked for by name"
   if jax.default_backend() != "gpu":
     # The cpu kernel is faster than xla here at every shape measured (README), but it is
-    # compiled on first use (g++), has no sharding rule (under a mesh of several devices XLA
-    # gathers its inputs onto each, which computes the whole batch on every device), and,
-    # unlike softmax's xla code, no forward-mode derivative: not a default a caller could
-    # meet unawares, so it runs when asked for by name.
+    # compiled with g++ on first use, a custom call that jax.export refuses to serialize
+    # (no compatibility guarantee), and, unlike softmax's xla code, has no forward-mode
+    # derivative: not yet a default a caller could meet unawares, so it runs when asked for
+    # by name.
     return "xla", (f"platform {jax.default_backend()!r}: xla off a GPU; the fused cpu kernel "
                    "runs when asked for by name")
   skipped = []

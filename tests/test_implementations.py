@@ -9,7 +9,7 @@ import pytest
 
 import attention_zoo
 from attention_zoo import cpu_kernel, implementations, registry
-from tests import oracle
+from tests import devices, oracle
 
 NAMES = [n for n in attention_zoo.names() if "implementation" in attention_zoo.options(n)]
 
@@ -148,6 +148,40 @@ def test_cpu_kernel_under_jit_and_vmap_and_with_nan():
                                 jnp.isnan(oracle.reference(q, k, v, is_causal=True)))
   assert jnp.isnan(attend(q, k, v, is_causal=True)[0, 200:]).all()
   assert not jnp.isnan(attend(q, k, v, is_causal=True)[0, :200]).any()
+
+
+CPU_KERNEL_ON_2_DEVICES = """
+import json
+import jax, jax.numpy as jnp, numpy as np
+from jax.sharding import NamedSharding, PartitionSpec as P
+from attention_zoo import cpu_kernel
+
+rng = np.random.default_rng(0)
+q = np.asarray(rng.normal(size=(4, 40, 4, 8)), np.float32)
+k, v = (np.asarray(rng.normal(size=(4, 40, 2, 8)), np.float32) for _ in range(2))
+attend = lambda q, k, v: cpu_kernel.flash(q, k, v, 0.3, True)
+f = jax.jit(lambda q, k, v: (attend(q, k, v), jax.grad(
+    lambda *a: jnp.sum(attend(*a) ** 2), (0, 1, 2))(q, k, v)))
+want = jax.tree.leaves(f(q, k, v))
+mesh = jax.make_mesh((2,), ("data",), axis_types=(jax.sharding.AxisType.Auto,))
+said = {}
+for name, spec in (("batch", P("data")), ("heads", P(None, None, "data"))):
+  x = [jax.device_put(a, NamedSharding(mesh, spec)) for a in (q, k, v)]
+  said[name] = dict(
+      gathers="all-gather" in f.lower(*x).compile().as_text(),
+      equal=all(np.array_equal(g, w) for g, w in zip(jax.tree.leaves(f(*x)), want)))
+print(json.dumps(said))
+"""
+
+
+@CPU_KERNEL
+def test_cpu_kernel_splits_a_batch_sharded_call_by_device():
+  """Under a mesh each device runs the kernel on its batch rows (no all-gather in the
+  compiled forward and backward: an FFI call alone had every device compute the whole
+  batch); a sharding of another dim is gathered. Both give the one-device values exactly."""
+  said = devices.run(2, CPU_KERNEL_ON_2_DEVICES)
+  assert said == {"batch": dict(gathers=False, equal=True),
+                  "heads": dict(gathers=True, equal=True)}
 
 
 def test_cpu_kernel_checks_its_own_arguments():
