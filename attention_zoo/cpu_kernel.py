@@ -178,16 +178,16 @@ def _kernels(scale: float, is_causal: bool, floats: int):
   vector width, as calls split by batch."""
   library(floats)
   forward_target, backward_target = _targets(floats)
-  shape = lambda shape: jax.ShapeDtypeStruct(shape, jnp.float32)
+  f32 = lambda dims: jax.ShapeDtypeStruct(dims, jnp.float32)
 
   def forward(q, k, v):
     B, T, N, _ = q.shape
-    return jax.ffi.ffi_call(forward_target, (shape(q.shape), shape((B, N, T))))(
+    return jax.ffi.ffi_call(forward_target, (f32(q.shape), f32((B, N, T))))(
         q, k, v, **_attrs(scale, is_causal, FORWARD_BLOCKS))
 
   def backward(q, k, v, out, lse, d_out):
-    per_head = shape((k.shape[0], k.shape[1], q.shape[2], q.shape[3]))
-    return jax.ffi.ffi_call(backward_target, (shape(q.shape), per_head, per_head))(
+    per_head = f32((k.shape[0], k.shape[1], q.shape[2], q.shape[3]))
+    return jax.ffi.ffi_call(backward_target, (f32(q.shape), per_head, per_head))(
         q, k, v, out, lse, d_out, **_attrs(scale, is_causal, BACKWARD_BLOCKS))
 
   return (_split_by_batch(forward, "b t n h, b s k h, b s k h -> b t n h, b n t"),
