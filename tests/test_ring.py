@@ -30,6 +30,7 @@ def loss(fn, kwargs):  # rows with no key have residual -inf
   return lambda q, k, v: sum(jnp.sum(jnp.sin(jnp.where(jnp.isfinite(x), x, 0.0)))
                              for x in jax.tree.leaves(fn(q, k, v, **kwargs)))
 
+
 def difference(a, b):  # the largest |a - b|, -inf == -inf counted equal; numpy: nothing compiled
   a, b = np.asarray(a), np.asarray(b)
   with np.errstate(invalid="ignore"):

@@ -387,8 +387,8 @@ ffi::Error FlashBackward(ffi::Buffer<ffi::F32> q, ffi::Buffer<ffi::F32> k,
                 store(dpx + j, scale * pj * (load(dpx + j) - dl));
               }
               for (; j < seen; ++j) {
-                sx[j] = std::exp2(sx[j] - lp[i0 + x]);
-                dpx[j] = scale * sx[j] * (dpx[j] - delta[i0 + x]);
+                sx[j] = std::exp2(sx[j] - l);
+                dpx[j] = scale * sx[j] * (dpx[j] - dl);
               }
               std::fill(sx + seen, sx + cols, 0.f);  // the block products below read every column
               std::fill(dpx + seen, dpx + cols, 0.f);
