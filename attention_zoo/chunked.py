@@ -34,21 +34,22 @@ DEFAULT_QUERY_CHUNK_SIZE = 512
 DEFAULT_KEY_CHUNK_SIZE = 256
 
 
-def check_options(query_chunk_size=DEFAULT_QUERY_CHUNK_SIZE,
-                  key_chunk_size=DEFAULT_KEY_CHUNK_SIZE, implementation=None):
-  validation.check_positive(NAME, query_chunk_size=query_chunk_size,
-                            key_chunk_size=key_chunk_size)
+def check_options(query_chunk_size=None, key_chunk_size=None, implementation=None):
+  """Chunk sizes: None, the xla code's defaults, or positive ints (the xla code's own option:
+  given, `implementation=None` runs the xla code, and another implementation refuses them)."""
+  validation.check_positive(NAME, **{name: size for name, size in (
+      ("query_chunk_size", query_chunk_size), ("key_chunk_size", key_chunk_size))
+                                     if size is not None})
   implementations.check(NAME, implementation)
 
 
 @validation.call_forms(NAME)
-@implementations.dispatching(NAME, check_options)
+@implementations.dispatching(NAME, check_options, cpu_kernel_by_default=True)
 def chunked_attention(query, key, value, bias=None, mask=None, *, scale=None, is_causal=False,
                       query_seq_lengths=None, key_value_seq_lengths=None,
                       local_window_size=None, segment_ids=None, logit_soft_cap=None,
                       sinks=None, score_mod=None, mask_mod=None, return_residual=False,
-                      query_chunk_size=DEFAULT_QUERY_CHUNK_SIZE,
-                      key_chunk_size=DEFAULT_KEY_CHUNK_SIZE, implementation=None):
+                      query_chunk_size=None, key_chunk_size=None, implementation=None):
   """Equal to `softmax` (to float32 rounding) on every argument, in O(T + S) memory.
 
   Blocks that causality or the window rule out entirely are skipped, not computed
@@ -61,10 +62,12 @@ def chunked_attention(query, key, value, bias=None, mask=None, *, scale=None, is
   arrays a score_mod captures (its closure is converted into explicit arguments). Blocks
   where mask_mod is False everywhere are skipped: which, is decided once per call by
   evaluating mask_mod block by block (attention_zoo/block_skipping.py). Lengths need not be
-  multiples of the chunk sizes, and chunk sizes above them are clipped to them. A query row
+  multiples of the chunk sizes (None: 512 x 256), and chunk sizes above them are clipped
+  to them. A query row
   that can attend no key returns zeros; NaN reaches the rows it does in `softmax`. Supports
-  reverse-mode differentiation (not forward mode). `implementation`: None, "xla" (this
-  code), "cudnn" or "pallas" (attention_zoo/implementations.py). `return_residual` as in
+  reverse-mode differentiation (not forward mode). `implementation`: None (on a CPU the
+  fused cpu kernel where it honours the call, unless chunk sizes are given), "xla" (this
+  code), "cudnn", "pallas" or "cpu" (attention_zoo/implementations.py). `return_residual` as in
   `softmax`: the log-sum-exp the forward keeps for its backward, differentiable too.
   """
   check_options(query_chunk_size, key_chunk_size, implementation)
@@ -74,7 +77,8 @@ def chunked_attention(query, key, value, bias=None, mask=None, *, scale=None, is
                            local_window_size=local_window_size, segment_ids=segment_ids,
                            logit_soft_cap=logit_soft_cap, sinks=sinks, score_mod=score_mod,
                            mask_mod=mask_mod, return_residual=return_residual,
-                           query_chunk_size=query_chunk_size, key_chunk_size=key_chunk_size)
+                           query_chunk_size=query_chunk_size or DEFAULT_QUERY_CHUNK_SIZE,
+                           key_chunk_size=key_chunk_size or DEFAULT_KEY_CHUNK_SIZE)
 
 
 def blocked_attention(variant, query, key, value, bias, mask, *, scale, is_causal,

@@ -8,16 +8,20 @@
 - `"cpu"`: this library's fused flash kernel for x86-64 CPUs (attention_zoo/cpu_kernel.py:
   C++ through XLA's FFI, compiled for the machine on first use; float32, causal or not,
   grouped heads, nothing else).
-- `None`: the fastest that honours every argument of the call on the current platform
-  (cudnn, then pallas, on a GPU; xla elsewhere: the cpu kernel is asked for by name, see
-  `choose`). `explain(...)` says which one runs and why.
+- `None`: the fastest that honours every argument of the call on the current platform:
+  cudnn, then pallas, on a GPU; on a CPU, `chunked`'s cpu kernel (`softmax` keeps its xla
+  code there, see `dispatching`); xla where none of them honours the call.
+  `explain(...)` says which one runs and why.
 
 An implementation asked for by name that cannot honour an argument raises, naming it; none
-drops a mask, bias, window, length or any other argument.
+drops a mask, bias, window, length or any other argument. The xla code's own options
+(chunked's chunk sizes) count as arguments: given, they make `None` choose xla, and another
+implementation asked for by name refuses them.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import inspect
 
@@ -35,19 +39,30 @@ CALL_ARGUMENTS = frozenset({
 PALLAS_BLOCK = 64  # the Pallas kernel's block rows (lengths are padded to a multiple)
 
 
+@dataclasses.dataclass(frozen=True)
+class Dispatch:
+  """How a variant's `implementation=None` chooses (set by `dispatching`)."""
+  xla_options: tuple[str, ...]  # options only its xla code uses (None: not given)
+  cpu_kernel_by_default: bool   # None picks the cpu kernel on a CPU where it honours the call
+
+
+DISPATCHES: dict[str, Dispatch] = {}  # variant name -> its Dispatch
+
+
 def check(variant: str, implementation) -> None:
   if implementation is not None and implementation not in IMPLEMENTATIONS:
     raise ValueError(f"{variant}: implementation must be None or one of {IMPLEMENTATIONS}, "
                      f"got {implementation!r}")
 
 
-def refusals(implementation: str, dims, dtype, call: dict) -> list[str]:
+def refusals(variant: str, implementation: str, dims, dtype, call: dict) -> list[str]:
   """The arguments of this call (given, not None) that `implementation` cannot honour, each
-  with why; [] if it honours them all."""
+  with why; [] if it honours them all. `call` may hold the xla code's options too."""
   given = {a for a, x in call.items() if x is not None and x is not False}
   if implementation == "xla":
     return []
-  out = []
+  out = [f"{a}={call[a]!r} (an option of the xla code; {implementation} chooses its own "
+         f"blocks)" for a in DISPATCHES[variant].xla_options if a in given]
   if jax.default_backend() != "gpu" and implementation == "cudnn":
     out.append(f"platform {jax.default_backend()!r} (cudnn needs an NVIDIA GPU)")
   if implementation == "cudnn":
@@ -84,36 +99,40 @@ def choose(variant: str, implementation, dims, dtype, call: dict) -> tuple[str, 
   NotImplementedError naming the arguments."""
   check(variant, implementation)
   if implementation is not None:
-    refused = refusals(implementation, dims, dtype, call)
+    refused = refusals(variant, implementation, dims, dtype, call)
     if refused:
       raise NotImplementedError(f"{variant} attention with implementation={implementation!r} "
                                 f"does not support: {'; '.join(refused)}")
     return implementation, "asked for by name"
-  if jax.default_backend() != "gpu":
-    # The cpu kernel is faster than xla here at every shape measured (README), but it is
-    # compiled with g++ on first use, a custom call that jax.export refuses to serialize
-    # (no compatibility guarantee), and, unlike softmax's xla code, has no forward-mode
-    # derivative: not yet a default a caller could meet unawares, so it runs when asked for
-    # by name.
-    return "xla", (f"platform {jax.default_backend()!r}: xla off a GPU; the fused cpu kernel "
-                   "runs when asked for by name")
+  platform = jax.default_backend()
+  if platform == "gpu":
+    candidates = ("cudnn", "pallas")
+  elif platform == "cpu" and DISPATCHES[variant].cpu_kernel_by_default:
+    candidates = ("cpu",)
+  else:
+    return "xla", (f"platform {platform!r}: {variant}'s default here is its xla code"
+                   + ("; the cpu kernel runs when asked for by name" if platform == "cpu" else ""))
   skipped = []
-  for candidate in ("cudnn", "pallas"):
-    refused = refusals(candidate, dims, dtype, call)
+  for candidate in candidates:
+    refused = refusals(variant, candidate, dims, dtype, call)
     if not refused:
-      return candidate, ("the fastest on this GPU that honours the call" if not skipped else
-                         "; ".join(skipped))
+      return candidate, (f"the fastest on this {platform.upper()} that honours the call"
+                         if not skipped else "; ".join(skipped))
     skipped.append(f"{candidate} cannot take {', '.join(r.split(' (')[0] for r in refused)}")
   return "xla", "; ".join(skipped)
 
 
-def dispatching(variant: str, check_options=None):
+def dispatching(variant: str, check_options=None, *, cpu_kernel_by_default: bool):
   """Decorator of a variant function with an `implementation` parameter: runs the call on
   the implementation `choose` picks; the function itself is the xla one. `check_options`,
-  the variant's own check of its options, runs first, whichever implementation then runs:
-  options only the xla code uses (chunked's chunk sizes; cudnn and pallas choose their own
-  blocks) are still refused when invalid, never ignored because another kernel ran."""
+  the variant's own check of its options, runs first, whichever implementation then runs;
+  its parameters other than `implementation` are options only the xla code uses (chunked's
+  chunk sizes; the kernels choose their own blocks), None when not given: given, they make
+  None choose xla and a kernel asked for by name refuses them, so none is ever ignored.
+  `cpu_kernel_by_default`: whether None picks the cpu kernel on a CPU."""
   checked = tuple(inspect.signature(check_options).parameters) if check_options else ()
+  DISPATCHES[variant] = Dispatch(tuple(o for o in checked if o != "implementation"),
+                                 cpu_kernel_by_default)
 
   def decorate(fn):
     @functools.wraps(fn)

@@ -24,7 +24,10 @@ def from_blocks_layout(out):
 
 
 @validation.call_forms(NAME)
-@implementations.dispatching(NAME)
+# On a CPU, None keeps the dense xla code: it is the dense reference that the papers' tables
+# and the benchmark measure (O(T·S) memory), and the one with forward-mode derivatives; the
+# fused cpu kernel is `chunked`'s default there, and softmax's when asked for by name.
+@implementations.dispatching(NAME, cpu_kernel_by_default=False)
 def softmax_attention(query, key, value, bias=None, mask=None, *, scale=None, is_causal=False,
                       query_seq_lengths=None, key_value_seq_lengths=None,
                       local_window_size=None, segment_ids=None, logit_soft_cap=None,
@@ -39,7 +42,7 @@ def softmax_attention(query, key, value, bias=None, mask=None, *, scale=None, is
   kv_idx) -> score` (after scale and bias, before the cap) and `mask_mod(b, h, q_idx, kv_idx)
   -> bool` as FlexAttention's, called once on broadcast index arrays of the whole [B, N, T, S]
   grid: the dense oracle of `chunked`'s blockwise ones (attention_zoo/mods.py has examples).
-  `implementation`: None, "xla" (this code), "cudnn" or "pallas" (attention_zoo/
+  `implementation`: None, "xla" (this code), "cudnn", "pallas" or "cpu" (attention_zoo/
   implementations.py). `return_residual=True` returns (output, residual) as
   `jax.nn.dot_product_attention`: the residual [B, T, N] (key dtype) is each row's
   log-sum-exp of its allowed logits (and its sink), -inf for a row with no key and no sink

@@ -216,18 +216,58 @@ def test_an_invalid_chunk_size_is_refused_whichever_kernel_runs(option):
 
 
 @pytest.mark.skipif(jax.default_backend() == "gpu", reason="the CPU's refusal")
-def test_cudnn_off_a_gpu_refuses_and_none_chooses_xla():
+def test_cudnn_off_a_gpu_refuses():
   q, k, v = _arrays(1, 8, 8, 2, 1, 8, jnp.bfloat16)
   with pytest.raises(NotImplementedError, match="platform 'cpu' .*cudnn needs an NVIDIA GPU"):
     attention_zoo.get("softmax", implementation="cudnn")(q, k, v)
-  assert attention_zoo.explain("chunked", q, k, v) == (
-      "chunked: xla (platform 'cpu': xla off a GPU; the fused cpu kernel runs when asked for "
-      "by name)")
   assert attention_zoo.explain("chunked", q, k, v, implementation="pallas") == (
       "chunked: pallas (asked for by name)")
   assert attention_zoo.explain("local", q, k, v).startswith("local: its own code")
   with pytest.raises(ValueError, match="implementation must be None or one of"):
     attention_zoo.get("chunked", implementation="triton")
+
+
+def _runs_cpu_kernel(attend, q, k, v) -> bool:
+  """Whether the compiled call holds the cpu kernel's custom call."""
+  return "attention_zoo_flash_forward" in jax.jit(attend).lower(q, k, v).as_text()
+
+
+@CPU_KERNEL
+def test_none_on_a_cpu_runs_chunked_on_the_cpu_kernel_where_it_honours_the_call():
+  """The kernel is chunked's fastest on a CPU (README); anything it cannot honour (a mask, a
+  dtype, the xla code's own chunk sizes) makes None run the xla code, saying why."""
+  q, k, v = _arrays(1, 8, 8, 2, 1, 8)
+  assert attention_zoo.explain("chunked", q, k, v, is_causal=True) == (
+      "chunked: cpu (the fastest on this CPU that honours the call)")
+  assert _runs_cpu_kernel(attention_zoo.get("chunked", is_causal=True), q, k, v)
+  mask = jnp.tril(jnp.ones((1, 1, 8, 8), bool))
+  assert attention_zoo.explain("chunked", q, k, v, mask=mask) == (
+      "chunked: xla (cpu cannot take mask)")
+  assert not _runs_cpu_kernel(lambda *a: attention_zoo.get("chunked")(*a, mask=mask), q, k, v)
+  assert attention_zoo.explain("chunked", q, k, v, query_chunk_size=4) == (
+      "chunked: xla (cpu cannot take query_chunk_size=4)")
+  assert not _runs_cpu_kernel(attention_zoo.get("chunked", query_chunk_size=4), q, k, v)
+  half = [x.astype(jnp.bfloat16) for x in (q, k, v)]
+  assert attention_zoo.explain("chunked", *half) == (
+      "chunked: xla (cpu cannot take dtype bfloat16)")
+  # softmax, the dense reference, keeps its xla code unless the kernel is asked for
+  assert attention_zoo.explain("softmax", q, k, v) == (
+      "softmax: xla (platform 'cpu': softmax's default here is its xla code; the cpu kernel "
+      "runs when asked for by name)")
+  assert not _runs_cpu_kernel(attention_zoo.get("softmax"), q, k, v)
+  np.testing.assert_allclose(attention_zoo.get("chunked", is_causal=True)(q, k, v),
+                             oracle.reference(q, k, v, is_causal=True), atol=2e-6, rtol=2e-5)
+
+
+@pytest.mark.parametrize("implementation", ["pallas", "cpu", "cudnn"])
+def test_a_kernel_asked_for_by_name_refuses_the_xla_codes_chunk_sizes(implementation):
+  """Chunk sizes tune the xla code; a kernel with blocks of its own refuses them rather than
+  ignore them (an ablation over chunk sizes must not time one kernel six times)."""
+  q, k, v = _arrays(1, 8, 8, 2, 1, 8)
+  with pytest.raises(NotImplementedError, match=(
+      f"^chunked attention with implementation='{implementation}' does not support: "
+      f"key_chunk_size=4 .an option of the xla code; {implementation} chooses its own blocks")):
+    attention_zoo.get("chunked", implementation=implementation, key_chunk_size=4)(q, k, v)
 
 
 @pytest.mark.skipif(jax.default_backend() != "gpu", reason="cuDNN runs on an NVIDIA GPU")
