@@ -62,13 +62,13 @@ def chunked_attention(query, key, value, bias=None, mask=None, *, scale=None, is
   arrays a score_mod captures (its closure is converted into explicit arguments). Blocks
   where mask_mod is False everywhere are skipped: which, is decided once per call by
   evaluating mask_mod block by block (attention_zoo/block_skipping.py). Lengths need not be
-  multiples of the chunk sizes (None: 512 x 256), and chunk sizes above them are clipped
-  to them. A query row
-  that can attend no key returns zeros; NaN reaches the rows it does in `softmax`. Supports
-  reverse-mode differentiation (not forward mode). `implementation`: None (on a CPU the
-  fused cpu kernel where it honours the call, unless chunk sizes are given), "xla" (this
-  code), "cudnn", "pallas" or "cpu" (attention_zoo/implementations.py). `return_residual` as in
-  `softmax`: the log-sum-exp the forward keeps for its backward, differentiable too.
+  multiples of the chunk sizes (None: 512 x 256), and chunk sizes above them are clipped to
+  them. A query row that can attend no key returns zeros; NaN reaches the rows it does in
+  `softmax`. Supports reverse-mode differentiation (not forward mode). `implementation`:
+  None (on a CPU the fused cpu kernel where it honours the call, chunk sizes not given),
+  "xla" (this code), "cudnn", "pallas" or "cpu" (attention_zoo/implementations.py).
+  `return_residual` as in `softmax`: the log-sum-exp the forward keeps for its backward,
+  differentiable too.
   """
   check_options(query_chunk_size, key_chunk_size, implementation)
   return blocked_attention(NAME, query, key, value, bias, mask, scale=scale,

@@ -110,8 +110,8 @@ def choose(variant: str, implementation, dims, dtype, call: dict) -> tuple[str, 
   elif platform == "cpu" and DISPATCHES[variant].cpu_kernel_by_default:
     candidates = ("cpu",)
   else:
-    return "xla", (f"platform {platform!r}: {variant}'s default here is its xla code"
-                   + ("; the cpu kernel runs when asked for by name" if platform == "cpu" else ""))
+    named = "; the cpu kernel runs when asked for by name" if platform == "cpu" else ""
+    return "xla", f"platform {platform!r}: {variant}'s default here is its xla code{named}"
   skipped = []
   for candidate in candidates:
     refused = refusals(variant, candidate, dims, dtype, call)

@@ -147,7 +147,8 @@ def explain(name: str, query, key, value, bias=None, mask=None, **arguments) -> 
     return f"{name}: chunk_form {form!r} ({why})"
   if "implementation" not in own:
     return f"{name}: its own code (it has one implementation)"
-  call = {a: x for a, x in arguments.items() if a not in ("implementation", "scale", "is_causal")}
+  call = {a: x for a, x in arguments.items()
+          if a not in ("implementation", "scale", "is_causal")}  # the xla code's options too
   dims = validation.check_inputs(name, query, key, value, bias, mask)
   impl, why = implementations.choose(name, arguments.get("implementation"), dims, query.dtype,
                                      dict(call, bias=bias, mask=mask))

@@ -225,8 +225,9 @@ def check_sinks(variant: str, sinks, N: int):
 def check_mod(variant: str, name: str, fn):
   """`score_mod` / `mask_mod`: a callable (a static argument, hashed by identity) or None."""
   if fn is not None and not callable(fn):
-    raise ValueError(f"{variant}: {name} must be a function ({'score, ' if name == 'score_mod' else ''}"
-                     f"b, h, q_idx, kv_idx) or None, got {type(fn).__name__}")
+    score = "score, " if name == "score_mod" else ""
+    raise ValueError(f"{variant}: {name} must be a function ({score}b, h, q_idx, kv_idx) or "
+                     f"None, got {type(fn).__name__}")
   return fn
 
 
