@@ -4,9 +4,9 @@ The C++ source (its own micro-kernels: no BLAS) is compiled on first use for the
 hand (g++ `-march=native`, vectors of 16 floats where the CPU has AVX-512F, else of 8) into a
 cache folder keyed by the source, the compiler command and the CPU, then registered with XLA
 as two FFI targets (forward, backward), each called through a rule that splits it by batch
-under a device mesh and folds vmap into the batch. What it takes: float32, CPU, no mask,
-bias, lengths or other options beyond `is_causal` and `scale` (implementations.refusals
-lists the rest); a CPU with AVX2 and FMA.
+under a device mesh and folds vmap into the batch. What it takes: float32, CPU, `is_causal`,
+`scale` and the two padding lengths; no mask, bias, window or other argument
+(implementations.refusals lists them); a CPU with AVX2 and FMA.
 """
 
 from __future__ import annotations
@@ -173,65 +173,75 @@ def _split_by_batch(fn, rule: str):
 
 @functools.cache
 def _kernels(scale: float, is_causal: bool, floats: int):
-  """The forward (q, k, v -> out, lse [B, N, T] in base 2) and the backward (q, k, v, out,
-  lse, d_out -> dq, and dk, dv per query head [B, S, N, H]) of one scale, causality and
-  vector width, as calls split by batch."""
+  """The forward (q, k, v, query and key lengths [B] -> out, lse [B, N, T] in base 2) and the
+  backward (q, k, v, lengths, out, lse, d_out -> dq, and dk, dv per query head [B, S, N, H])
+  of one scale, causality and vector width, as calls split by batch."""
   library(floats)
   forward_target, backward_target = _targets(floats)
   f32 = lambda dims: jax.ShapeDtypeStruct(dims, jnp.float32)
 
-  def forward(q, k, v):
+  def forward(q, k, v, q_lengths, kv_lengths):
     B, T, N, _ = q.shape
     return jax.ffi.ffi_call(forward_target, (f32(q.shape), f32((B, N, T))))(
-        q, k, v, **_attrs(scale, is_causal, FORWARD_BLOCKS))
+        q, k, v, q_lengths, kv_lengths, **_attrs(scale, is_causal, FORWARD_BLOCKS))
 
-  def backward(q, k, v, out, lse, d_out):
+  def backward(q, k, v, q_lengths, kv_lengths, out, lse, d_out):
     per_head = f32((k.shape[0], k.shape[1], q.shape[2], q.shape[3]))
     return jax.ffi.ffi_call(backward_target, (f32(q.shape), per_head, per_head))(
-        q, k, v, out, lse, d_out, **_attrs(scale, is_causal, BACKWARD_BLOCKS))
+        q, k, v, q_lengths, kv_lengths, out, lse, d_out,
+        **_attrs(scale, is_causal, BACKWARD_BLOCKS))
 
-  return (_split_by_batch(forward, "b t n h, b s k h, b s k h -> b t n h, b n t"),
-          _split_by_batch(backward, "b t n h, b s k h, b s k h, b t n h, b n t, b t n h -> "
+  arrays = "b t n h, b s k h, b s k h, b, b"
+  return (_split_by_batch(forward, f"{arrays} -> b t n h, b n t"),
+          _split_by_batch(backward, f"{arrays}, b t n h, b n t, b t n h -> "
                                     "b t n h, b s n h, b s n h"))
 
 
-def flash(q, k, v, scale: float, is_causal: bool, vector_floats: int | None = None):
+def flash(q, k, v, scale: float, is_causal: bool, vector_floats: int | None = None, *,
+          query_seq_lengths=None, key_value_seq_lengths=None):
   """softmax(scale q k^T) v over [B, T, N, H] queries, [B, S, K, H] keys and values (K
-  divides N), float32; causal masking top-left aligned, as jax.nn.dot_product_attention.
-  Differentiable in reverse mode (its backward is a kernel too), not in forward mode.
-  `softmax`/`chunked` with implementation="cpu" call it after their own checks.
+  divides N), float32; causal masking top-left aligned and the padding lengths (int [B], None:
+  all) as jax.nn.dot_product_attention, except that a query row past its length, or one that
+  sees no key, returns zeros (as this library's variants). Differentiable in reverse mode
+  (its backward is a kernel too), not in forward mode. `softmax`/`chunked` with
+  implementation="cpu" call it after their own checks.
 
   vector_floats: the build's vector width, None for this CPU's (`native_vector_floats()`).
   16 on a CPU without AVX-512 runs the AVX-512 layout in pairs of AVX2 registers: slow, for
   tests.
   """
-  validation.check_inputs("cpu_kernel.flash", q, k, v)  # the variants' shape contract
+  validation.check_inputs("cpu_kernel.flash", q, k, v,  # the variants' shape contract
+                          query_seq_lengths=query_seq_lengths,
+                          key_value_seq_lengths=key_value_seq_lengths)
   if q.dtype != jnp.float32:
     raise ValueError(f"cpu_kernel.flash: float32 only, got {q.dtype}")
   if vector_floats not in (None, 8, 16):
     raise ValueError(f"cpu_kernel.flash: vector_floats must be None, 8 or 16, "
                      f"got {vector_floats!r}")
-  return _flash(q, k, v, float(scale), bool(is_causal),
+  length = lambda x, n: (jnp.full((q.shape[0],), n, jnp.int32) if x is None
+                        else jnp.asarray(x, jnp.int32))
+  return _flash(q, k, v, length(query_seq_lengths, q.shape[1]),
+                length(key_value_seq_lengths, k.shape[1]), float(scale), bool(is_causal),
                 vector_floats or native_vector_floats())
 
 
-@functools.partial(jax.custom_vjp, nondiff_argnums=(3, 4, 5))
-def _flash(q, k, v, scale: float, is_causal: bool, floats: int):
-  return _kernels(scale, is_causal, floats)[0](q, k, v)[0]
+@functools.partial(jax.custom_vjp, nondiff_argnums=(5, 6, 7))
+def _flash(q, k, v, q_lengths, kv_lengths, scale: float, is_causal: bool, floats: int):
+  return _kernels(scale, is_causal, floats)[0](q, k, v, q_lengths, kv_lengths)[0]
 
 
-def _flash_fwd(q, k, v, scale, is_causal, floats):
-  out, lse = _kernels(scale, is_causal, floats)[0](q, k, v)
-  return out, (q, k, v, out, lse)
+def _flash_fwd(q, k, v, q_lengths, kv_lengths, scale, is_causal, floats):
+  out, lse = _kernels(scale, is_causal, floats)[0](q, k, v, q_lengths, kv_lengths)
+  return out, (q, k, v, q_lengths, kv_lengths, out, lse)
 
 
 def _flash_bwd(scale, is_causal, floats, residuals, d_out):
-  q, k, v, out, lse = residuals
+  q, k, v, q_lengths, kv_lengths, out, lse = residuals
   (B, _, N, H), S, K = q.shape, k.shape[1], k.shape[2]
-  dq, dk, dv = _kernels(scale, is_causal, floats)[1](q, k, v, out, lse,
+  dq, dk, dv = _kernels(scale, is_causal, floats)[1](q, k, v, q_lengths, kv_lengths, out, lse,
                                                      d_out.astype(jnp.float32))
   group_sum = lambda x: x.reshape(B, S, K, N // K, H).sum(3)  # query heads -> their key head
-  return dq, group_sum(dk), group_sum(dv)
+  return dq, group_sum(dk), group_sum(dv), None, None  # lengths: integers, no gradient
 
 
 _flash.defvjp(_flash_fwd, _flash_bwd)

@@ -7,7 +7,7 @@
   off a GPU it runs in Pallas's interpret mode (exact, slow: how it is tested on CPU).
 - `"cpu"`: this library's fused flash kernel for x86-64 CPUs (attention_zoo/cpu_kernel.py:
   C++ through XLA's FFI, compiled for the machine on first use; float32, causal or not,
-  grouped heads, nothing else).
+  padding lengths, grouped heads, nothing else).
 - `None`: the fastest that honours every argument of the call on the current platform:
   cudnn, then pallas, on a GPU; on a CPU, `chunked`'s cpu kernel (`softmax` keeps its xla
   code there, see `dispatching`); xla where none of them honours the call.
@@ -82,8 +82,9 @@ def refusals(variant: str, implementation: str, dims, dtype, call: dict) -> list
       out.append(f"T={dims.T}, S={dims.S}: unequal lengths must be multiples of "
                  f"{PALLAS_BLOCK} and S split into as many blocks as T (its fused backward)")
   if implementation == "cpu":
-    out += [f"{a} (the cpu kernel takes causal masking and grouped heads only)"
-            for a in sorted(given & CALL_ARGUMENTS)]
+    out += [f"{a} (the cpu kernel takes causal masking, padding lengths and grouped heads "
+            f"only)" for a in sorted(given & CALL_ARGUMENTS - {"query_seq_lengths",
+                                                                "key_value_seq_lengths"})]
     if jax.default_backend() != "cpu":
       out.append(f"platform {jax.default_backend()!r} (the cpu kernel runs on the CPU)")
     if jnp.dtype(dtype) != jnp.dtype(jnp.float32):
@@ -159,7 +160,9 @@ def run(implementation: str, query, key, value, bias, mask, *, scale, is_causal,
         **call):
   """The call on the chosen non-xla implementation (`choose` has checked it honours it)."""
   if implementation == "cpu":
-    return cpu_kernel.flash(query, key, value, scale, is_causal)
+    return cpu_kernel.flash(query, key, value, scale, is_causal,
+                            query_seq_lengths=call.get("query_seq_lengths"),
+                            key_value_seq_lengths=call.get("key_value_seq_lengths"))
   if implementation == "cudnn":
     return jax.nn.dot_product_attention(
         query, key, value, bias, mask, scale=scale, is_causal=is_causal, implementation="cudnn",

@@ -69,8 +69,12 @@ REFUSED = dict(bias=jnp.zeros((1, 1, 8, 8)), mask=jnp.ones((1, 1, 8, 8), bool),
                return_residual=True)
 
 
-@pytest.mark.parametrize("implementation", ["pallas", "cpu"])
-@pytest.mark.parametrize("argument", sorted(REFUSED))
+LENGTHS = {"query_seq_lengths", "key_value_seq_lengths"}  # the cpu kernel takes them
+
+
+@pytest.mark.parametrize("implementation,argument", [
+    *(("pallas", a) for a in sorted(REFUSED)),
+    *(("cpu", a) for a in sorted(set(REFUSED) - LENGTHS))])
 def test_kernels_refuse_what_they_cannot_honour(implementation, argument):
   q, k, v = _arrays(1, 8, 8, 2, 1, 8)
   with pytest.raises(NotImplementedError, match=f"^chunked attention with implementation="
@@ -116,11 +120,32 @@ def test_the_cpu_kernels_other_vector_width_matches_the_oracle(shape, is_causal)
                                                      vector_floats=floats), shape, is_causal)
 
 
-def _check_cpu_kernel(kernel, shape, is_causal):
+@CPU_KERNEL
+@pytest.mark.parametrize("floats", ["native", "other"])
+@pytest.mark.parametrize("is_causal", [False, True])
+def test_cpu_kernel_with_padding_lengths_matches_the_oracle(floats, is_causal):
+  """Query and key lengths per batch row, none a multiple of a block (forward 256 x 128,
+  backward 128 x 128); one row with no keys and no queries at all. Rows past a query length
+  and rows that see no key are zeros (the oracle, JAX's, averages the values there: both
+  are compared on the rows that see a key), and nothing flows back from them."""
+  floats = (cpu_kernel.native_vector_floats() if floats == "native"
+            else 24 - cpu_kernel.native_vector_floats())
+  lengths = dict(query_seq_lengths=jnp.array([300, 131, 0], jnp.int32),
+                 key_value_seq_lengths=jnp.array([257, 300, 0], jnp.int32))
+  live = oracle.live_rows(3, 4, 300, 300, is_causal=is_causal, **lengths)
+  kernel = lambda q, k, v: cpu_kernel.flash(q, k, v, 16 ** -0.5, is_causal, floats, **lengths)
+  q, k, v = _arrays(3, 300, 300, 4, 2, 16)
+  out = kernel(q, k, v)
+  assert not np.asarray(out * (1 - live)).any()
+  _check_cpu_kernel(lambda *a: kernel(*a) * live, (3, 300, 300, 4, 2, 16), is_causal,
+                    lambda *a: oracle.reference(*a, is_causal=is_causal, **lengths) * live)
+
+
+def _check_cpu_kernel(kernel, shape, is_causal, xla=None):
   q, k, v = _arrays(*shape)
   q = 4 * q
   cot = jnp.asarray(np.random.default_rng(2).normal(size=q.shape), jnp.float32)
-  xla = lambda q, k, v: oracle.reference(q, k, v, is_causal=is_causal)
+  xla = xla or (lambda q, k, v: oracle.reference(q, k, v, is_causal=is_causal))
   with_grads = lambda f, *a: (f(*a), jax.grad(lambda *a: jnp.sum(f(*a) * cot), (0, 1, 2))(*a))
   with jax.enable_x64(True):
     want = jax.tree.map(np.asarray, with_grads(xla, *(x.astype(jnp.float64) for x in (q, k, v))))

@@ -1,7 +1,7 @@
 // Flash attention on CPU as XLA FFI custom calls: forward (output and log-sum-exp) and
 // backward (dq, dk, dv), float32, [B, T, N, H] queries and [B, S, K, H] keys/values
 // (K divides N: grouped-query attention), causal (top-left aligned, as
-// jax.nn.dot_product_attention) or not.
+// jax.nn.dot_product_attention) or not, with a query and a key padding length per batch row.
 //
 // Why a kernel of our own: XLA's block products and the softmax between them are separate
 // loops over memory; here each panel of query rows takes its scores, softmax and output
@@ -85,6 +85,11 @@ inline float hmax(Vec v) {
 // `cols` columns: all of them, or under causal masking those with key <= query.
 inline int64_t visible(bool causal, int64_t i, int64_t k0, int64_t cols) {
   return causal ? std::clamp<int64_t>(i - k0 + 1, 0, cols) : cols;
+}
+
+// A padding length clipped to [0, n] (jax.nn.dot_product_attention's lengths).
+inline int64_t clip_length(int32_t length, int64_t n) {
+  return std::clamp<int64_t>(length, 0, n);
 }
 
 struct Shape {
@@ -250,8 +255,11 @@ inline void forward_panel(int64_t rows, const float* q, int64_t ldq, const float
 // Per (batch, head, block_q query rows): per key block, K^T (times the scale in base 2) and V
 // are packed into kCols-column panels (zero past the block and past H), then each kRows-row
 // panel of the query block takes its scores, softmax and output update while they are in L1.
+// Query rows at or past their batch's query length, and rows that see no key (a key length
+// of 0), get zeros and a log-sum-exp of -inf; keys at or past the key length are never seen.
 ffi::Error FlashForward(ffi::Buffer<ffi::F32> q, ffi::Buffer<ffi::F32> k,
-                        ffi::Buffer<ffi::F32> v, ffi::ResultBuffer<ffi::F32> out,
+                        ffi::Buffer<ffi::F32> v, ffi::Buffer<ffi::S32> q_lengths,
+                        ffi::Buffer<ffi::S32> kv_lengths, ffi::ResultBuffer<ffi::F32> out,
                         ffi::ResultBuffer<ffi::F32> lse, float scale, bool causal,
                         int64_t block_q, int64_t block_k, int64_t threads) {
   const Shape d = shape_of(q, k);
@@ -260,6 +268,8 @@ ffi::Error FlashForward(ffi::Buffer<ffi::F32> q, ffi::Buffer<ffi::F32> k,
   const float* Q = q.typed_data();
   const float* Kp = k.typed_data();
   const float* V = v.typed_data();
+  const int32_t* QL = q_lengths.typed_data();
+  const int32_t* KL = kv_lengths.typed_data();
   float* O = out->typed_data();
   float* L = lse->typed_data();
   const float scale2 = scale * 1.4426950408889634f;  // scores in base 2
@@ -277,27 +287,31 @@ ffi::Error FlashForward(ffi::Buffer<ffi::F32> q, ffi::Buffer<ffi::F32> k,
       // short ones then fill the threads' tails.
       const int64_t b = t / (d.N * nq), n = t / nq % d.N, q0 = (nq - 1 - t % nq) * block_q;
       const int64_t rows = std::min(block_q, d.T - q0);
+      const int64_t live = std::clamp<int64_t>(clip_length(QL[b], d.T) - q0, 0, rows);
+      const int64_t S = clip_length(KL[b], d.S);
       const float* qp = Q + (b * d.T + q0) * ldq + n * H;
       const float* kp = Kp + b * d.S * ldk + (n / group) * H;
       const float* vp = V + b * d.S * ldk + (n / group) * H;
       std::fill(acc, acc + rows * Hp, 0.f);
       std::fill(m.begin(), m.end(), -INFINITY);
       std::fill(l.begin(), l.end(), 0.f);
-      const int64_t end = causal ? std::min(d.S, q0 + rows) : d.S;
+      const int64_t end = live == 0 ? 0 : causal ? std::min(S, q0 + live) : S;
       for (int64_t k0 = 0; k0 < end; k0 += block_k) {
         const int64_t cols = std::min(block_k, end - k0);
         pack_transposed(kp + k0 * ldk, ldk, cols, H, scale2, kt);
         pack_rows(vp + k0 * ldk, ldk, cols, H, Hp, vb);
-        for (int64_t i = 0; i < rows; i += kRows)
-          forward_panel(std::min(kRows, rows - i), qp + i * ldq, ldq, kt, vb, H, Hp, causal,
+        for (int64_t i = 0; i < live; i += kRows)
+          forward_panel(std::min(kRows, live - i), qp + i * ldq, ldq, kt, vb, H, Hp, causal,
                         q0 + i, k0, cols, s.data(), lds, m.data() + i, l.data() + i,
                         acc + i * Hp);
       }
       for (int64_t i = 0; i < rows; ++i) {
-        const float inv = 1.f / l[i];  // every row sees key 0 (S > 0, checked in Python)
+        // A live row sees key 0 when S > 0 (causal masking is top-left aligned).
+        const bool sees = i < live && S > 0;
+        const float inv = sees ? 1.f / l[i] : 0.f;
         float* op = O + (b * d.T + q0 + i) * ldq + n * H;
-        for (int64_t h = 0; h < H; ++h) op[h] = acc[i * Hp + h] * inv;
-        L[(b * d.N + n) * d.T + q0 + i] = m[i] + std::log2(l[i]);
+        for (int64_t h = 0; h < H; ++h) op[h] = sees ? acc[i * Hp + h] * inv : 0.f;
+        L[(b * d.N + n) * d.T + q0 + i] = sees ? m[i] + std::log2(l[i]) : -INFINITY;
       }
     }
   }
@@ -310,9 +324,11 @@ ffi::Error FlashForward(ffi::Buffer<ffi::F32> q, ffi::Buffer<ffi::F32> k,
 //   dQ += dS K per kRows-row panel while its P and dS are in L1, then
 //   dV += P^T dO and dK += dS^T Q over the whole query block.
 // A task owns its head's rows of dq and of dk, dv, which are per query head ([B, S, N, H]:
-// the caller sums a group's heads), so no two threads write the same memory.
+// the caller sums a group's heads), so no two threads write the same memory. Only the rows
+// within the lengths take part; the others' gradients are zero.
 ffi::Error FlashBackward(ffi::Buffer<ffi::F32> q, ffi::Buffer<ffi::F32> k,
-                         ffi::Buffer<ffi::F32> v, ffi::Buffer<ffi::F32> o,
+                         ffi::Buffer<ffi::F32> v, ffi::Buffer<ffi::S32> q_lengths,
+                         ffi::Buffer<ffi::S32> kv_lengths, ffi::Buffer<ffi::F32> o,
                          ffi::Buffer<ffi::F32> lse, ffi::Buffer<ffi::F32> dout,
                          ffi::ResultBuffer<ffi::F32> dq, ffi::ResultBuffer<ffi::F32> dk,
                          ffi::ResultBuffer<ffi::F32> dv, float scale, bool causal,
@@ -325,6 +341,8 @@ ffi::Error FlashBackward(ffi::Buffer<ffi::F32> q, ffi::Buffer<ffi::F32> k,
   const float* Q = q.typed_data();
   const float* Kp = k.typed_data();
   const float* V = v.typed_data();
+  const int32_t* QL = q_lengths.typed_data();
+  const int32_t* KL = kv_lengths.typed_data();
   const float* O = o.typed_data();
   const float* L = lse.typed_data();
   const float* dO = dout.typed_data();
@@ -342,6 +360,7 @@ ffi::Error FlashBackward(ffi::Buffer<ffi::F32> q, ffi::Buffer<ffi::F32> k,
 #pragma omp for schedule(dynamic, 1)
     for (int64_t t = 0; t < d.B * d.N; ++t) {
       const int64_t b = t / d.N, n = t % d.N;
+      const int64_t T = clip_length(QL[b], d.T), S = clip_length(KL[b], d.S);
       const int64_t head = b * d.T * ldq + n * H;  // this head's [T, H] view in q, o, do, dq
       const float* qp = Q + head;
       const float* dop = dO + head;
@@ -355,16 +374,16 @@ ffi::Error FlashBackward(ffi::Buffer<ffi::F32> q, ffi::Buffer<ffi::F32> k,
         delta[i] = acc;
         std::fill(dqp + i * ldq, dqp + i * ldq + H, 0.f);
       }
-      for (int64_t k0 = 0; k0 < d.S; k0 += block_k) {
-        const int64_t cols = std::min(block_k, d.S - k0);
+      for (int64_t k0 = 0; k0 < S; k0 += block_k) {
+        const int64_t cols = std::min(block_k, S - k0);
         pack_transposed(kp + k0 * ldk, ldk, cols, H, scale2, kt);
         pack_transposed(vp + k0 * ldk, ldk, cols, H, 1.f, vt);
         pack_rows(kp + k0 * ldk, ldk, cols, H, Hp, kb);
         std::fill(dkb, dkb + cols * Hp, 0.f);
         std::fill(dvb, dvb + cols * Hp, 0.f);
         // Under causal masking, query rows before k0 see nothing of this block.
-        for (int64_t q0 = causal ? k0 / block_q * block_q : 0; q0 < d.T; q0 += block_q) {
-          const int64_t rows = std::min(block_q, d.T - q0);
+        for (int64_t q0 = causal ? k0 / block_q * block_q : 0; q0 < T; q0 += block_q) {
+          const int64_t rows = std::min(block_q, T - q0);
           pack_rows(qp + q0 * ldq, ldq, rows, H, Hp, qb);
           pack_rows(dop + q0 * ldq, ldq, rows, H, Hp, dob);
           for (int64_t i = 0; i < rows; i += kRows) {
@@ -416,6 +435,11 @@ ffi::Error FlashBackward(ffi::Buffer<ffi::F32> q, ffi::Buffer<ffi::F32> k,
           std::copy(dvb + j * Hp, dvb + j * Hp + H, dV + row);
         }
       }
+      for (int64_t j = S; j < d.S; ++j) {  // keys past the length: never seen
+        const int64_t row = (b * d.S + j) * ldq + n * H;
+        std::fill(dK + row, dK + row + H, 0.f);
+        std::fill(dV + row, dV + row + H, 0.f);
+      }
     }
   }
   return ffi::Error::Success();
@@ -428,6 +452,8 @@ XLA_FFI_DEFINE_HANDLER_SYMBOL(FlashForwardHandler, FlashForward,
                                   .Arg<ffi::Buffer<ffi::F32>>()  // q
                                   .Arg<ffi::Buffer<ffi::F32>>()  // k
                                   .Arg<ffi::Buffer<ffi::F32>>()  // v
+                                  .Arg<ffi::Buffer<ffi::S32>>()  // query lengths [B]
+                                  .Arg<ffi::Buffer<ffi::S32>>()  // key lengths [B]
                                   .Ret<ffi::Buffer<ffi::F32>>()  // out
                                   .Ret<ffi::Buffer<ffi::F32>>()  // lse [B, N, T], base 2
                                   .Attr<float>("scale")
@@ -441,6 +467,8 @@ XLA_FFI_DEFINE_HANDLER_SYMBOL(FlashBackwardHandler, FlashBackward,
                                   .Arg<ffi::Buffer<ffi::F32>>()  // q
                                   .Arg<ffi::Buffer<ffi::F32>>()  // k
                                   .Arg<ffi::Buffer<ffi::F32>>()  // v
+                                  .Arg<ffi::Buffer<ffi::S32>>()  // query lengths [B]
+                                  .Arg<ffi::Buffer<ffi::S32>>()  // key lengths [B]
                                   .Arg<ffi::Buffer<ffi::F32>>()  // out
                                   .Arg<ffi::Buffer<ffi::F32>>()  // lse
                                   .Arg<ffi::Buffer<ffi::F32>>()  // d out
