@@ -13,7 +13,11 @@ import attention_zoo
 def variant_options() -> ml_collections.ConfigDict:
   """Each variant's options (defaults from the registry), overridable one by one, e.g.
   `--config.model.options.local.local_window_size=16`. Only the chosen variants' are used."""
-  options = {name: dict(attention_zoo.options(name)) for name in attention_zoo.names()}
+  # A field whose value is None has no type the command line can parse into; one of type
+  # object takes a Python literal (`=64`, `=xla`: a string where it is not a literal).
+  options = {name: {option: config_dict.placeholder(object) if default is None else default
+                    for option, default in attention_zoo.options(name).items()}
+             for name in attention_zoo.names()}
   options["local"]["local_window_size"] = 8  # symmetric; (8, 0) in causal self-attention
   return ml_collections.ConfigDict(options)
 

@@ -19,6 +19,13 @@ from experiments.sweeps import grid, runner
      "--config.model.atention: config.model has no field 'atention' (did you mean 'attention'?)"),
     (["--config", "configs/copy.py", "--workdir", "{tmp}/run", "--config.model.attention=linaer"],
      "config.model.attention='linaer' is not a variant; choose from ['chunked', "),
+    # options whose default is None take a value from the command line, checked as any other
+    (["--config", "configs/copy.py", "--workdir", "{tmp}/run", "--config.model.attention=chunked",
+      "--config.model.options.chunked.query_chunk_size=0"],
+     "query_chunk_size must be a positive int, got 0"),
+    (["--config", "configs/copy.py", "--workdir", "{tmp}/run", "--config.model.attention=chunked",
+      "--config.model.options.chunked.implementation=triton"],
+     "implementation must be None or one of ('xla', 'cudnn', 'pallas', 'cpu'), got 'triton'"),
     (["--config", "configs/nope.py"], "--config configs/nope.py: no such file"),
     (["--config", "configs/cpy.py", "--workdir", "{tmp}/run"],
      "--config configs/cpy.py: no such file (did you mean 'configs/copy.py'?)"),
