@@ -1,7 +1,7 @@
 """attention_zoo: attention variants with the signature of `jax.nn.dot_product_attention`.
 
     import attention_zoo
-    attend = attention_zoo.get("chunked", query_chunk_size=256)
+    attend = attention_zoo.get("chunked")
     out = attend(query, key, value, is_causal=True)   # [B, T, N, H]
 """
 

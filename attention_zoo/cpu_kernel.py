@@ -69,6 +69,18 @@ def unavailable() -> str | None:
   return None
 
 
+@functools.cache
+def build_failure() -> str | None:
+  """Why the kernel for this CPU's vector width could not be built or loaded here (None if
+  it was): `implementation=None` then runs the xla code and says so; a build that fails is
+  not retried in this process."""
+  try:
+    library(native_vector_floats())
+  except (RuntimeError, OSError) as e:
+    return str(e).splitlines()[0] + " (see cpu_kernel.library)"
+  return None
+
+
 def _compiler() -> str:
   return os.environ.get("CXX", "g++")
 
@@ -203,8 +215,9 @@ def flash(q, k, v, scale: float, is_causal: bool, vector_floats: int | None = No
   divides N), float32; causal masking top-left aligned and the padding lengths (int [B], None:
   all) as jax.nn.dot_product_attention, except that a query row past its length, or one that
   sees no key, returns zeros (as this library's variants). Differentiable in reverse mode
-  (its backward is a kernel too), not in forward mode. `softmax`/`chunked` with
-  implementation="cpu" call it after their own checks.
+  (its backward is a kernel too, itself not differentiable: no gradient of a gradient), not
+  in forward mode. `chunked` (where implementation=None chooses it) and `softmax` call it
+  after their own checks.
 
   vector_floats: the build's vector width, None for this CPU's (`native_vector_floats()`).
   16 on a CPU without AVX-512 runs the AVX-512 layout in pairs of AVX2 registers: slow, for
@@ -219,7 +232,7 @@ def flash(q, k, v, scale: float, is_causal: bool, vector_floats: int | None = No
     raise ValueError(f"cpu_kernel.flash: vector_floats must be None, 8 or 16, "
                      f"got {vector_floats!r}")
   length = lambda x, n: (jnp.full((q.shape[0],), n, jnp.int32) if x is None
-                        else jnp.asarray(x, jnp.int32))
+                        else jnp.clip(jnp.asarray(x), 0, n).astype(jnp.int32))
   return _flash(q, k, v, length(query_seq_lengths, q.shape[1]),
                 length(key_value_seq_lengths, k.shape[1]), float(scale), bool(is_causal),
                 vector_floats or native_vector_floats())

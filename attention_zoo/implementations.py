@@ -89,9 +89,9 @@ def refusals(variant: str, implementation: str, dims, dtype, call: dict) -> list
       out.append(f"platform {jax.default_backend()!r} (the cpu kernel runs on the CPU)")
     if jnp.dtype(dtype) != jnp.dtype(jnp.float32):
       out.append(f"dtype {jnp.dtype(dtype).name} (the cpu kernel takes float32)")
-    why = cpu_kernel.unavailable()
+    why = cpu_kernel.unavailable() or cpu_kernel.build_failure()
     if why:
-      out.append(f"this machine: {why}")
+      out.append(f"this machine ({why})")
   return out
 
 
@@ -119,7 +119,9 @@ def choose(variant: str, implementation, dims, dtype, call: dict) -> tuple[str, 
     if not refused:
       return candidate, (f"the fastest on this {platform.upper()} that honours the call"
                          if not skipped else "; ".join(skipped))
-    skipped.append(f"{candidate} cannot take {', '.join(r.split(' (')[0] for r in refused)}")
+    # an argument by its name; the machine with its reason (a failed build's first line)
+    what = [r if r.startswith("this machine") else r.split(" (")[0] for r in refused]
+    skipped.append(f"{candidate} cannot take {', '.join(what)}")
   return "xla", "; ".join(skipped)
 
 

@@ -147,6 +147,7 @@ def explain(name: str, query, key, value, bias=None, mask=None, **arguments) -> 
     return f"{name}: chunk_form {form!r} ({why})"
   if "implementation" not in own:
     return f"{name}: its own code (it has one implementation)"
+  _lookup(name).check_options(**{a: x for a, x in arguments.items() if a in own})  # as a call
   call = {a: x for a, x in arguments.items()
           if a not in ("implementation", "scale", "is_causal")}  # the xla code's options too
   dims = validation.check_inputs(name, query, key, value, bias, mask)

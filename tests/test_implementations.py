@@ -125,19 +125,20 @@ def test_the_cpu_kernels_other_vector_width_matches_the_oracle(shape, is_causal)
 @pytest.mark.parametrize("is_causal", [False, True])
 def test_cpu_kernel_with_padding_lengths_matches_the_oracle(floats, is_causal):
   """Query and key lengths per batch row, none a multiple of a block (forward 256 x 128,
-  backward 128 x 128); one row with no keys and no queries at all. Rows past a query length
-  and rows that see no key are zeros (the oracle, JAX's, averages the values there: both
-  are compared on the rows that see a key), and nothing flows back from them."""
+  backward 128 x 128); a batch row with no keys and no queries, one with queries and no
+  keys. Rows past a query length and rows that see no key are zeros (the oracle, JAX's,
+  averages the values there: it is compared on the rows that see a key), and nothing flows
+  back from them (the kernel's output is differentiated whole)."""
   floats = (cpu_kernel.native_vector_floats() if floats == "native"
             else 24 - cpu_kernel.native_vector_floats())
-  lengths = dict(query_seq_lengths=jnp.array([300, 131, 0], jnp.int32),
-                 key_value_seq_lengths=jnp.array([257, 300, 0], jnp.int32))
-  live = oracle.live_rows(3, 4, 300, 300, is_causal=is_causal, **lengths)
+  lengths = dict(query_seq_lengths=jnp.array([300, 131, 0, 50], jnp.int32),
+                 key_value_seq_lengths=jnp.array([257, 300, 0, 0], jnp.int32))
+  live = oracle.live_rows(4, 4, 300, 300, is_causal=is_causal, **lengths)
   kernel = lambda q, k, v: cpu_kernel.flash(q, k, v, 16 ** -0.5, is_causal, floats, **lengths)
-  q, k, v = _arrays(3, 300, 300, 4, 2, 16)
+  q, k, v = _arrays(4, 300, 300, 4, 2, 16)
   out = kernel(q, k, v)
   assert not np.asarray(out * (1 - live)).any()
-  _check_cpu_kernel(lambda *a: kernel(*a) * live, (3, 300, 300, 4, 2, 16), is_causal,
+  _check_cpu_kernel(kernel, (4, 300, 300, 4, 2, 16), is_causal,
                     lambda *a: oracle.reference(*a, is_causal=is_causal, **lengths) * live)
 
 
@@ -184,7 +185,9 @@ from attention_zoo import cpu_kernel
 rng = np.random.default_rng(0)
 q = np.asarray(rng.normal(size=(4, 40, 4, 8)), np.float32)
 k, v = (np.asarray(rng.normal(size=(4, 40, 2, 8)), np.float32) for _ in range(2))
-attend = lambda q, k, v: cpu_kernel.flash(q, k, v, 0.3, True)
+lengths = dict(query_seq_lengths=np.array([40, 17, 33, 5], np.int32),  # per batch row
+               key_value_seq_lengths=np.array([9, 40, 21, 30], np.int32))
+attend = lambda q, k, v: cpu_kernel.flash(q, k, v, 0.3, True, **lengths)
 f = jax.jit(lambda q, k, v: (attend(q, k, v), jax.grad(
     lambda *a: jnp.sum(attend(*a) ** 2), (0, 1, 2))(q, k, v)))
 want = jax.tree.leaves(f(q, k, v))
@@ -238,6 +241,8 @@ def test_an_invalid_chunk_size_is_refused_whichever_kernel_runs(option):
   q, k, v = _arrays(1, 8, 8, 2, 1, 8)
   with pytest.raises(ValueError, match=f"^chunked: {option} must be a positive int"):
     registry.VARIANTS["chunked"].fn(q, k, v, implementation="pallas", **{option: 0})
+  with pytest.raises(ValueError, match=f"^chunked: {option} must be a positive int"):
+    attention_zoo.explain("chunked", q, k, v, **{option: 0})  # as the call would
 
 
 @pytest.mark.skipif(jax.default_backend() == "gpu", reason="the CPU's refusal")
@@ -282,6 +287,18 @@ def test_none_on_a_cpu_runs_chunked_on_the_cpu_kernel_where_it_honours_the_call(
   assert not _runs_cpu_kernel(attention_zoo.get("softmax"), q, k, v)
   np.testing.assert_allclose(attention_zoo.get("chunked", is_causal=True)(q, k, v),
                              oracle.reference(q, k, v, is_causal=True), atol=2e-6, rtol=2e-5)
+
+
+@CPU_KERNEL
+def test_none_runs_the_xla_code_where_the_cpu_kernel_cannot_be_built(monkeypatch):
+  failed = "building the CPU flash kernel failed: g++: fatal error"
+  monkeypatch.setattr(cpu_kernel, "build_failure", lambda: failed)
+  q, k, v = _arrays(1, 8, 8, 2, 1, 8)
+  assert attention_zoo.explain("chunked", q, k, v) == (
+      f"chunked: xla (cpu cannot take this machine ({failed}))")
+  assert not _runs_cpu_kernel(attention_zoo.get("chunked"), q, k, v)
+  with pytest.raises(NotImplementedError, match="does not support: this machine .building"):
+    attention_zoo.get("chunked", implementation="cpu")(q, k, v)
 
 
 @pytest.mark.parametrize("implementation", ["pallas", "cpu", "cudnn"])

@@ -2,8 +2,9 @@
 
     python launch.py bench --config configs/bench/long.py --workdir runs/bench_long
 
-Expected on the 2-core CPU: ~10 minutes (chunked: ~3 minutes per forward+backward at
-T=65536, 8 heads); JAX's own attention is reported as not fitting (it would need ~400 GiB
+Expected on the 2-core CPU: ~10 minutes (chunked's xla code: ~3 minutes per forward+backward
+at T=65536, 8 heads; its default there, the cpu kernel, not yet timed at these lengths);
+JAX's own attention is reported as not fitting (it would need ~400 GiB
 at T=65536) and is not run.
 """
 
