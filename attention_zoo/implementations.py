@@ -55,6 +55,21 @@ def check(variant: str, implementation) -> None:
                      f"got {implementation!r}")
 
 
+def cannot_run_here(implementation: str) -> str | None:
+  """Why `implementation` cannot run on this platform and machine at all, whatever the call
+  (None if it can)."""
+  platform = jax.default_backend()
+  if implementation == "cudnn" and platform != "gpu":
+    return f"platform {platform!r} (cudnn needs an NVIDIA GPU)"
+  if implementation == "cpu":
+    if platform != "cpu":
+      return f"platform {platform!r} (the cpu kernel runs on the CPU)"
+    why = cpu_kernel.unavailable() or cpu_kernel.build_failure()
+    if why:
+      return f"this machine ({why})"
+  return None
+
+
 def refusals(variant: str, implementation: str, dims, dtype, call: dict) -> list[str]:
   """The arguments of this call (given, not None) that `implementation` cannot honour, each
   with why; [] if it honours them all. `call` may hold the xla code's options too."""
@@ -63,8 +78,9 @@ def refusals(variant: str, implementation: str, dims, dtype, call: dict) -> list
     return []
   out = [f"{a}={call[a]!r} (an option of the xla code; {implementation} chooses its own "
          f"blocks)" for a in DISPATCHES[variant].xla_options if a in given]
-  if jax.default_backend() != "gpu" and implementation == "cudnn":
-    out.append(f"platform {jax.default_backend()!r} (cudnn needs an NVIDIA GPU)")
+  here = cannot_run_here(implementation)
+  if here:
+    out.append(here)
   if implementation == "cudnn":
     out += [f"{a} (not an argument of jax.nn.dot_product_attention)" for a in sorted(given & {
         "segment_ids", "logit_soft_cap", "sinks", "score_mod", "mask_mod"})]
@@ -85,13 +101,8 @@ def refusals(variant: str, implementation: str, dims, dtype, call: dict) -> list
     out += [f"{a} (the cpu kernel takes causal masking, padding lengths and grouped heads "
             f"only)" for a in sorted(given & CALL_ARGUMENTS - {"query_seq_lengths",
                                                                 "key_value_seq_lengths"})]
-    if jax.default_backend() != "cpu":
-      out.append(f"platform {jax.default_backend()!r} (the cpu kernel runs on the CPU)")
     if jnp.dtype(dtype) != jnp.dtype(jnp.float32):
       out.append(f"dtype {jnp.dtype(dtype).name} (the cpu kernel takes float32)")
-    why = cpu_kernel.unavailable() or cpu_kernel.build_failure()
-    if why:
-      out.append(f"this machine ({why})")
   return out
 
 
@@ -115,13 +126,15 @@ def choose(variant: str, implementation, dims, dtype, call: dict) -> tuple[str, 
     return "xla", f"platform {platform!r}: {variant}'s default here is its xla code{named}"
   skipped = []
   for candidate in candidates:
+    here = cannot_run_here(candidate)
+    if here:
+      skipped.append(f"{candidate} cannot run here: {here}")
+      continue
     refused = refusals(variant, candidate, dims, dtype, call)
     if not refused:
       return candidate, (f"the fastest on this {platform.upper()} that honours the call"
                          if not skipped else "; ".join(skipped))
-    # an argument by its name; the machine with its reason (a failed build's first line)
-    what = [r if r.startswith("this machine") else r.split(" (")[0] for r in refused]
-    skipped.append(f"{candidate} cannot take {', '.join(what)}")
+    skipped.append(f"{candidate} cannot take {', '.join(r.split(' (')[0] for r in refused)}")
   return "xla", "; ".join(skipped)
 
 

@@ -84,6 +84,8 @@ def test_kernels_refuse_what_they_cannot_honour(implementation, argument):
         q, k, v, **{argument: REFUSED[argument]})
 
 
+# The kernel's vector width (8 or 16 floats) that this CPU does not choose: tested too.
+OTHER_VECTOR_FLOATS = 24 - cpu_kernel.native_vector_floats()
 CPU_KERNEL = pytest.mark.skipif(cpu_kernel.unavailable() is not None or
                                 jax.default_backend() != "cpu",
                                 reason=f"the cpu kernel: {cpu_kernel.unavailable()}")
@@ -115,9 +117,9 @@ def test_cpu_kernel_matches_the_oracle(shape, is_causal):
 def test_the_cpu_kernels_other_vector_width_matches_the_oracle(shape, is_causal):
   """The layout this CPU does not choose (AVX-512's 12 x 32 tiles on an AVX2 machine, AVX2's
   6 x 16 on an AVX-512 one), so that both are tested wherever the suite runs."""
-  floats = 24 - cpu_kernel.native_vector_floats()
-  _check_cpu_kernel(lambda q, k, v: cpu_kernel.flash(q, k, v, shape[-1] ** -0.5, is_causal,
-                                                     vector_floats=floats), shape, is_causal)
+  _check_cpu_kernel(lambda q, k, v: cpu_kernel.flash(
+      q, k, v, shape[-1] ** -0.5, is_causal, vector_floats=OTHER_VECTOR_FLOATS), shape,
+                    is_causal)
 
 
 @CPU_KERNEL
@@ -129,8 +131,7 @@ def test_cpu_kernel_with_padding_lengths_matches_the_oracle(floats, is_causal):
   keys. Rows past a query length and rows that see no key are zeros (the oracle, JAX's,
   averages the values there: it is compared on the rows that see a key), and nothing flows
   back from them (the kernel's output is differentiated whole)."""
-  floats = (cpu_kernel.native_vector_floats() if floats == "native"
-            else 24 - cpu_kernel.native_vector_floats())
+  floats = cpu_kernel.native_vector_floats() if floats == "native" else OTHER_VECTOR_FLOATS
   lengths = dict(query_seq_lengths=jnp.array([300, 131, 0, 50], jnp.int32),
                  key_value_seq_lengths=jnp.array([257, 300, 0, 0], jnp.int32))
   live = oracle.live_rows(4, 4, 300, 300, is_causal=is_causal, **lengths)
@@ -295,7 +296,7 @@ def test_none_runs_the_xla_code_where_the_cpu_kernel_cannot_be_built(monkeypatch
   monkeypatch.setattr(cpu_kernel, "build_failure", lambda: failed)
   q, k, v = _arrays(1, 8, 8, 2, 1, 8)
   assert attention_zoo.explain("chunked", q, k, v) == (
-      f"chunked: xla (cpu cannot take this machine ({failed}))")
+      f"chunked: xla (cpu cannot run here: this machine ({failed}))")
   assert not _runs_cpu_kernel(attention_zoo.get("chunked"), q, k, v)
   with pytest.raises(NotImplementedError, match="does not support: this machine .building"):
     attention_zoo.get("chunked", implementation="cpu")(q, k, v)
